@@ -1,0 +1,56 @@
+# Developer entry points for mobs_ppl.
+#
+#   make demo   create .venv if needed, then run the packaged demo into results/
+#   make test   create .venv if needed, then run the whole test suite (slow tests included)
+#   make lint   ruff over the sources, tests and benchmarks
+#   make bench  run the benchmarks
+#
+# Only `python3` (3.11 or newer) and make are needed on the machine; everything else is
+# installed into .venv from pyproject.toml (the package in editable mode plus its [test] extra).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Real COSMOS data shipped beside the repository (read-only). An explicit
+# MOBS_PPL_DATA_DIR always wins; without either, the loader downloads into a user cache.
+SHARED_DATA := $(abspath ../shared/data)
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "mobs_ppl needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1)." \
+	         "Set PYTHON=/path/to/python3.11 (make PYTHON=...)." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install whenever pyproject.toml changes (new dependency, new extra, new entry point).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	@touch $@
+
+ifeq ($(strip $(MOBS_PPL_DATA_DIR)),)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+demo test: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
+endif
+endif
+
+demo: venv
+	$(BIN)/mobs-ppl demo --out results/
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check $(wildcard src tests benchmarks)
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) results/ build/ dist/ src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""Shared test set-up.
+
+The suite runs on the CPU and in float64: x64 is switched on here, at import time,
+before any test builds an array. Tests of float32 behaviour ask for the ``float32``
+fixture, which switches x64 off for the duration of the test only.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> pathlib.Path:
+    """The directory holding the shared COSMOS data (``cosmos_hst_hsc/``, ``hsc_blends/``).
+
+    ``MOBS_PPL_DATA_DIR`` wins when set; otherwise ``../shared/data`` beside the repository.
+    Missing data skips the test locally but fails it in CI, where the data must be present.
+    """
+    env = os.environ.get("MOBS_PPL_DATA_DIR")
+    if env:
+        path = pathlib.Path(env).expanduser().resolve()
+        if path.is_dir():
+            return path
+    else:
+        path = (REPO_ROOT.parent / "shared" / "data").resolve()
+        if path.is_dir():
+            return path
+    if _truthy(os.environ.get("CI")):
+        pytest.fail(f"shared data missing in CI: no directory at {path}")
+    pytest.skip("shared COSMOS data not found: set MOBS_PPL_DATA_DIR or place it at ../shared/data")
+
+
+@pytest.fixture
+def float32():
+    """Run the test with JAX's default 32-bit types, then switch x64 back on."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded NumPy generator, the same in every test."""
+    return np.random.default_rng(12345)
