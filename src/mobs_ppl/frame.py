@@ -1,0 +1,251 @@
+"""Pixel grids on the sky: the ``Frame`` container and relations between frames.
+
+A frame is a pixel grid ``(channels, height, width)`` with a celestial WCS, channel
+names and a PSF image in its own pixels. Every observation has one (``obs.frame``);
+the model frame on which scenes are described is built from several observations by
+:meth:`Frame.from_observations`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import astropy.units as u
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.wcs import WCS
+
+from . import fourier, sky
+from .psf import check_psf, gaussian_psf
+
+__all__ = ["Frame", "relative_jacobian", "MIN_MODEL_PSF_SIGMA"]
+
+
+#: Smallest width (model pixels) of the Gaussian model PSF. Its Fourier amplitude at
+#: the Nyquist frequency is exp(-pi^2 sigma^2 / 2) = 0.09 at sigma = 0.7: the model
+#: is then band-limited to about 10% at Nyquist, so little aliasing enters the model.
+MIN_MODEL_PSF_SIGMA = 0.7
+
+#: Candidate widths (model pixels) tried for the model PSF, narrowest first.
+_SIGMA_GRID = np.arange(MIN_MODEL_PSF_SIGMA, 3.0 + 1e-9, 0.05)
+
+
+def _model_psf_sigma(frames, base_wcs) -> float:
+    """Widest Gaussian (model pixels) that no observation's PSF is sharper than.
+
+    For every observation and every frequency ``k`` it can see (its own band,
+    ``|J^T k| <= 1/2``) the model PSF must satisfy ``|P_model(k)| >= |P_obs(k)|``: then
+    the PSF-matching transfer ``P_obs / P_model`` never amplifies a frequency, and its
+    gradients stay well conditioned. A narrower model PSF is always allowed, so the
+    widest such Gaussian (but at least ``MIN_MODEL_PSF_SIGMA``) is chosen.
+    """
+    freq = np.fft.fftfreq(64)
+    ky, kx = np.meshgrid(freq, freq, indexing="ij")
+    ratios = []
+    for f in frames:
+        if f.psf is None:
+            continue
+        h, w = f.shape[1:]
+        jac = sky.local_jacobian(f.wcs, base_wcs, (h - 1) / 2.0, (w - 1) / 2.0)
+        band = (np.abs(jac[0, 0] * ky + jac[1, 0] * kx) <= 0.5) & (
+            np.abs(jac[0, 1] * ky + jac[1, 1] * kx) <= 0.5
+        )
+        for image in np.asarray(f.psf):
+            ratios.append((np.abs(fourier.image_transform(image, freq, freq, jac)), band))
+    best = MIN_MODEL_PSF_SIGMA
+    for sigma in _SIGMA_GRID:
+        model = np.abs(fourier.image_transform(gaussian_psf(sigma), freq, freq))
+        if all(np.all(p[band] <= model[band] * (1 + 1e-3) + 1e-6) for p, band in ratios):
+            best = float(sigma)
+        else:
+            break
+    return best
+
+
+class Frame(eqx.Module):
+    """A pixel grid on the sky with channels and a PSF.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(channels, height, width)``.
+    wcs : astropy.wcs.WCS, optional
+        Celestial WCS of the grid (a third, spectral axis is dropped). Needed whenever
+        two frames are related.
+    channels : sequence of str, optional
+        Channel (band) names, unique; default ``("0", "1", ...)``.
+    psf : array_like, optional
+        PSF image ``(h, w)`` or ``(channels, h, w)`` in this frame's pixels, normalised
+        to one and centred on the array centre (fixed with a warning otherwise).
+        ``None`` means the images are not convolved beyond what the frame itself holds.
+    """
+
+    shape: tuple[int, int, int] = eqx.field(static=True)
+    wcs: WCS | None = eqx.field(static=True)
+    channels: tuple[str, ...] = eqx.field(static=True)
+    psf: jax.Array | None
+
+    def __init__(self, shape, wcs=None, channels=None, psf=None):
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be (channels, height, width); got {shape}")
+        self.shape = shape
+        self.wcs = sky.celestial_wcs(wcs)
+        if channels is None:
+            channels = tuple(str(i) for i in range(shape[0]))
+        if isinstance(channels, str):
+            channels = (channels,)
+        channels = tuple(str(c) for c in channels)
+        if len(channels) != shape[0]:
+            raise ValueError(
+                f"{len(channels)} channel names {channels} for {shape[0]} channels of data"
+            )
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"channel names must be unique; got {channels}")
+        self.channels = channels
+        self.psf = None if psf is None else jnp.asarray(check_psf(psf, shape[0]))
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels."""
+        return self.shape[0]
+
+    @property
+    def pixel_scale(self) -> u.Quantity:
+        """Mean pixel scale (arcsec per pixel); requires a WCS."""
+        return sky.pixel_scale(self._require_wcs())
+
+    def _require_wcs(self) -> WCS:
+        if self.wcs is None:
+            raise ValueError(
+                "this frame has no WCS: give wcs=... to relate it to other frames or to the sky"
+            )
+        return self.wcs
+
+    def map_channels(self, other: Frame) -> dict[int, int]:
+        """Channels shared with another frame, by name.
+
+        Returns
+        -------
+        dict
+            ``{index in this frame: index in other}`` for every channel name of this
+            frame that ``other`` also has.
+        """
+        return {
+            i: other.channels.index(c) for i, c in enumerate(self.channels) if c in other.channels
+        }
+
+    def pixel_to_sky(self, y, x):
+        """Sky position (``SkyCoord``) of pixel coordinates ``(y, x)`` of this frame."""
+        return self._require_wcs().pixel_to_world(np.asarray(x, float), np.asarray(y, float))
+
+    def sky_to_pixel(self, coord) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates ``(y, x)`` of a ``SkyCoord`` in this frame."""
+        x, y = self._require_wcs().world_to_pixel(coord)
+        return np.asarray(y, float), np.asarray(x, float)
+
+    def footprint(self, wcs: WCS) -> tuple[float, float, float, float]:
+        """Bounding box ``(ymin, ymax, xmin, xmax)`` of this frame in pixels of ``wcs``.
+
+        The box encloses the pixel edges (not only the centres) of this frame.
+        """
+        ys, xs = sky.pixel_edges(*self.shape[1:])
+        yt, xt = sky.pixel_to_pixel(self._require_wcs(), wcs, ys, xs)
+        return float(yt.min()), float(yt.max()), float(xt.min()), float(xt.max())
+
+    @classmethod
+    def from_observations(
+        cls,
+        observations: Sequence,
+        coverage: str = "union",
+        psf=None,
+    ) -> Frame:
+        """Model frame for a set of observations.
+
+        Parameters
+        ----------
+        observations : sequence of Observation (or Frame)
+            Each must have a celestial WCS.
+        coverage : {"union", "intersection"}
+            The frame covers the bounding box of all footprints, or their common box.
+        psf : array_like, optional
+            Model PSF image in model pixels. By default a pixel-integrated circular
+            Gaussian, the widest (at least 0.7 model pixels) whose Fourier amplitude
+            is nowhere below that of any observation's PSF within the band that
+            observation sees, so that PSF matching never amplifies noise.
+
+        Returns
+        -------
+        Frame
+            Pixels of the finest observation (its WCS orientation and grid, extended
+            to the requested coverage), channels concatenated in input order.
+        """
+        frames = [getattr(o, "frame", o) for o in observations]
+        names = [getattr(o, "name", None) or f"#{i}" for i, o in enumerate(observations)]
+        if not frames:
+            raise ValueError("from_observations needs at least one observation")
+        if coverage not in ("union", "intersection"):
+            raise ValueError(f"coverage must be 'union' or 'intersection', got {coverage!r}")
+        for f, name in zip(frames, names, strict=True):
+            if f.wcs is None:
+                raise ValueError(
+                    f"observation {name} has no WCS: a model frame for several "
+                    "observations needs each one's celestial WCS"
+                )
+        scales = [f.pixel_scale.to_value(u.arcsec) for f in frames]
+        finest = frames[int(np.argmin(scales))]
+        base = finest.wcs
+        boxes = np.array([f.footprint(base) for f in frames])
+        if coverage == "union":
+            lo_y, hi_y = boxes[:, 0].min(), boxes[:, 1].max()
+            lo_x, hi_x = boxes[:, 2].min(), boxes[:, 3].max()
+        else:
+            lo_y, hi_y = boxes[:, 0].max(), boxes[:, 1].min()
+            lo_x, hi_x = boxes[:, 2].max(), boxes[:, 3].min()
+        # pixel i spans [i - 0.5, i + 0.5]; keep pixels that overlap the box, ignoring
+        # slivers below 1e-6 pixels that come from rounding in the WCS arithmetic
+        eps = 1e-6
+        y0, y1 = int(np.floor(lo_y + 0.5 + eps)), int(np.ceil(hi_y - 0.5 - eps))
+        x0, x1 = int(np.floor(lo_x + 0.5 + eps)), int(np.ceil(hi_x - 0.5 - eps))
+        if y1 < y0 or x1 < x0:
+            raise ValueError(
+                f"the observations {names} do not overlap on the sky, so their "
+                "intersection is empty; use coverage='union' or check their WCS"
+            )
+        wcs = copy.deepcopy(base)
+        wcs.wcs.crpix = wcs.wcs.crpix - np.array([x0, y0], float)
+        wcs.wcs.set()
+        channels = tuple(c for f in frames for c in f.channels)
+        if len(set(channels)) != len(channels):
+            raise ValueError(
+                f"channel names repeat across observations: {channels}; give each "
+                "observation distinct channel names (e.g. 'HSC-g' and 'DECam-g')"
+            )
+        if psf is None:
+            psf = gaussian_psf(_model_psf_sigma(frames, base))
+        return cls((len(channels), y1 - y0 + 1, x1 - x0 + 1), wcs=wcs, channels=channels, psf=psf)
+
+
+def relative_jacobian(frame_a: Frame, frame_b: Frame) -> np.ndarray:
+    """Matrix taking pixel offsets in ``frame_a`` to pixel offsets in ``frame_b``.
+
+    Parameters
+    ----------
+    frame_a, frame_b : Frame
+        Frames with celestial WCS.
+
+    Returns
+    -------
+    ndarray
+        ``(2, 2)`` matrix ``J`` in ``(y, x)`` order: an offset ``(dy, dx)`` in pixels of
+        ``frame_a`` is ``J @ (dy, dx)`` in pixels of ``frame_b``. Evaluated at the centre
+        of ``frame_a`` (it is exact for affine relations and a local linearisation for
+        projections with different tangent points).
+    """
+    ya, xa = (frame_a.shape[1] - 1) / 2.0, (frame_a.shape[2] - 1) / 2.0
+    return sky.local_jacobian(frame_a._require_wcs(), frame_b._require_wcs(), ya, xa)

@@ -1,0 +1,230 @@
+"""The ``Observation`` container: data, inverse-variance weights and the data's frame.
+
+An observation is immutable. Binding it to a model frame with :meth:`Observation.match`
+returns a new observation that also holds the precomputed forward-model operator, so
+that rendering inside a fit loop does no set-up work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .frame import Frame
+from .likelihood import gaussian_log_likelihood
+from .renderer import Renderer, build_renderer
+
+__all__ = ["Observation", "estimate_weights"]
+
+
+def estimate_weights(data: np.ndarray, n_sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
+    """Per-channel inverse variance of the background, from a clipped robust sigma.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(channels, height, width)`` image (data units).
+    n_sigma : float
+        Pixels further than this many sigma from the median are dropped (sources).
+    iterations : int
+        Number of clipping passes.
+
+    Returns
+    -------
+    ndarray
+        ``(channels,)`` inverse variances, in 1 / data units squared. The sigma is
+        1.4826 times the median absolute deviation (the Gaussian-consistent factor).
+    """
+    out = []
+    for image in np.asarray(data, float):
+        values = image[np.isfinite(image)].ravel()
+        for _ in range(iterations):
+            median = np.median(values)
+            sigma = 1.4826 * np.median(np.abs(values - median))
+            keep = np.abs(values - median) < n_sigma * sigma
+            if keep.all():
+                break
+            values = values[keep]
+        if not sigma > 0:
+            raise ValueError("cannot estimate weights: the data have zero spread in a channel")
+        out.append(1.0 / sigma**2)
+    return np.array(out)
+
+
+def _as_cube(array, name: str) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must be (height, width) or (channels, height, width); got {arr.shape}"
+        )
+    return arr
+
+
+class Observation(eqx.Module):
+    """Image data of one instrument, with noise, PSF and WCS.
+
+    Parameters
+    ----------
+    data : array_like
+        ``(channels, height, width)`` or ``(height, width)`` image, any units.
+    weights : array_like or float, optional
+        Inverse variances in 1 / data units squared: an array of the data's shape, one
+        number per channel, or one number. Zero marks a pixel as unused. By default
+        estimated per channel from the background (see :func:`estimate_weights`).
+    psf : array_like, optional
+        PSF image per channel ``(channels, h, w)`` or one for all ``(h, w)``, in this
+        observation's pixels, summing to one, centred on the array centre.
+    wcs : astropy.wcs.WCS, optional
+        Celestial WCS; a third band axis in the header is dropped.
+    channels : sequence of str, optional
+        Band names, one per channel.
+    name : str, optional
+        Name used for parameters and results (e.g. ``"HSC"``).
+    mask : array_like of bool, optional
+        ``True`` where a pixel must not be used (its weight is set to zero).
+    """
+
+    data: jax.Array
+    weights: jax.Array
+    frame: Frame
+    name: str = eqx.field(static=True)
+    renderer: Renderer | None = None
+
+    def __init__(
+        self,
+        data,
+        weights=None,
+        psf=None,
+        wcs=None,
+        channels: Sequence[str] | None = None,
+        name: str | None = None,
+        mask=None,
+        *,
+        renderer: Renderer | None = None,
+    ):
+        cube = _as_cube(data, "data").astype(float)
+        n_channels = cube.shape[0]
+        if weights is None:
+            weights = estimate_weights(cube)
+        w = np.asarray(weights, float)
+        if w.ndim == 0:
+            w = np.full(cube.shape, float(w))
+        elif w.ndim == 1:
+            if w.shape[0] != n_channels:
+                raise ValueError(
+                    f"weights has {w.shape[0]} values per channel but data has {n_channels} channels"
+                )
+            w = np.broadcast_to(w[:, None, None], cube.shape).copy()
+        else:
+            w = _as_cube(w, "weights")
+            if w.shape[0] == 1 and n_channels > 1:
+                w = np.broadcast_to(w, cube.shape).copy()
+            if w.shape != cube.shape:
+                raise ValueError(f"weights shape {w.shape} does not match data shape {cube.shape}")
+        if np.any(np.isnan(w)) or np.any(w < 0) or np.any(np.isinf(w)):
+            raise ValueError("weights must be finite and non-negative (inverse variances)")
+        if mask is not None:
+            m = _as_cube(np.asarray(mask, bool), "mask")
+            if m.shape[1:] != cube.shape[1:] or m.shape[0] not in (1, n_channels):
+                raise ValueError(f"mask shape {m.shape} does not match data shape {cube.shape}")
+            w = np.where(m, 0.0, w)
+        bad = ~np.isfinite(cube)
+        if np.any(bad & (w > 0)):
+            count = int(np.sum(bad & (w > 0)))
+            raise ValueError(
+                f"data has {count} NaN/inf pixels with non-zero weight: set their weight "
+                "to zero or pass them in mask="
+            )
+        if np.all(w == 0):
+            raise ValueError("every pixel has zero weight (or is masked): nothing to fit")
+        cube = np.where(bad, 0.0, cube)
+        if channels is not None and not isinstance(channels, str) and len(channels) != n_channels:
+            raise ValueError(f"{len(channels)} channel names for {n_channels} channels of data")
+        self.data = jnp.asarray(cube)
+        self.weights = jnp.asarray(w)
+        self.frame = Frame(cube.shape, wcs=wcs, channels=channels, psf=psf)
+        self.name = name or "observation"
+        self.renderer = renderer
+
+    # -- convenience views -------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the data."""
+        return self.frame.shape
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Band names."""
+        return self.frame.channels
+
+    @property
+    def wcs(self):
+        """Celestial WCS of the data (or ``None``)."""
+        return self.frame.wcs
+
+    @property
+    def psf(self):
+        """PSF images ``(1 or channels, h, w)`` (or ``None``)."""
+        return self.frame.psf
+
+    # -- forward model -------------------------------------------------------------------
+    def match(self, frame: Frame) -> Observation:
+        """Bind this observation to a model frame.
+
+        All operators (channel selection, PSF-matching kernel, resampling matrices) are
+        computed here, once.
+
+        Parameters
+        ----------
+        frame : Frame
+            The model frame whose cubes :meth:`render` will take.
+
+        Returns
+        -------
+        Observation
+            A copy holding the operator; the data are shared, not copied.
+        """
+        renderer = build_renderer(self.frame, frame)
+        return eqx.tree_at(lambda o: o.renderer, self, renderer, is_leaf=lambda x: x is None)
+
+    def _require_renderer(self) -> Renderer:
+        if self.renderer is None:
+            raise ValueError(
+                f"observation {self.name!r} is not bound to a model frame: call "
+                "obs = obs.match(frame) first"
+            )
+        return self.renderer
+
+    def render(self, model, shift=None) -> jax.Array:
+        """Predicted data for a model cube.
+
+        Parameters
+        ----------
+        model : array_like
+            ``frame.shape`` cube in the model frame (flux per model pixel).
+        shift : array_like, optional
+            ``(dy, dx)`` in pixels of this observation: sources appear at their WCS
+            position plus this offset (positive toward larger pixel coordinates).
+
+        Returns
+        -------
+        jax.Array
+            ``(channels, height, width)`` prediction in data units per pixel.
+        """
+        return self._require_renderer()(model, shift)
+
+    def log_likelihood(self, model, shift=None) -> jax.Array:
+        """Gaussian log-likelihood of the data given a model cube (independent pixels).
+
+        Includes the normalisation ``0.5 * sum(log(w / 2 pi))`` over used pixels. Pixels
+        outside the model frame's coverage do not count.
+        """
+        renderer = self._require_renderer()
+        prediction = renderer(model, shift)
+        return gaussian_log_likelihood(self.data, prediction, self.weights * renderer.coverage)

@@ -1,0 +1,256 @@
+"""The forward model of one observation: model frame -> predicted data.
+
+The model cube holds, in each model pixel, the flux of the scene convolved with the
+model PSF. For an observation with PSF ``P`` on a grid related to the model grid by
+the WCS, the prediction is computed exactly for band-limited images, in four steps:
+
+1. select the observation's channels from the model cube;
+2. Fourier transform (zero-padded so the convolution does not wrap) and multiply by
+   the transfer function ``T(k) = P_obs(J^T k) / P_model(k)``, which replaces the model
+   PSF by the observation's PSF; ``J`` is the local Jacobian from observation pixels to
+   model pixels, and ``T`` is zero above the observation's Nyquist frequency (those
+   modes cannot be seen in its pixels). A shift is a phase ``exp(-2 pi i k . J s)``;
+3. crop the spectrum to the band the observation sees and transform back to a grid
+   that is just fine enough for it (this is exact: nothing is discarded but zeros);
+4. evaluate that band-limited image at the centre of every observed pixel, from the
+   WCS, with the periodic-sinc (trigonometric) interpolant, and scale by the pixel-area
+   ratio so that fluxes are conserved.
+
+Why Fourier interpolation rather than Lanczos: after step 2 the image is band-limited
+by construction, so trigonometric interpolation is exact up to round-off, where a
+Lanczos-3 kernel leaves errors of ~1e-3 of the peak for well-sampled PSFs. Its cost
+is kept low by step 3: interpolation runs on a grid only ~2x finer than the
+observation's Nyquist sampling, not on the full model grid.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import fourier, sky
+
+__all__ = ["Renderer", "build_renderer"]
+
+#: Positions this close to a whole pixel (model pixels) count as on the grid.
+_GRID_TOLERANCE = 1e-8
+
+
+class Renderer(eqx.Module):
+    """Precomputed forward operator from a model frame into one observation.
+
+    Build it with :func:`build_renderer` (or ``Observation.match``); call it with a
+    model cube and an optional shift. All arrays are set up once; calling it is a pure
+    JAX function that can be jitted and differentiated.
+    """
+
+    channel_index: tuple[int, ...] = eqx.field(static=True)
+    model_shape: tuple[int, int, int] = eqx.field(static=True)
+    padded_shape: tuple[int, int] = eqx.field(static=True)
+    grid_shape: tuple[int, int] = eqx.field(static=True)
+    out_shape: tuple[int, int] = eqx.field(static=True)
+    mode: str = eqx.field(static=True)
+    transfer: jax.Array
+    freq_y: jax.Array
+    freq_x: jax.Array
+    jacobian: jax.Array
+    interp_y: jax.Array
+    interp_x: jax.Array
+    coverage: jax.Array
+
+    def __call__(self, model, shift=None) -> jax.Array:
+        """Predicted data ``(channels, height, width)`` for a model-frame cube.
+
+        Parameters
+        ----------
+        model : array_like
+            Cube of shape ``model_shape`` (flux per model pixel).
+        shift : array_like, optional
+            ``(dy, dx)`` in observation pixels; sources appear displaced by it.
+        """
+        model = jnp.asarray(model)
+        if model.shape != self.model_shape:
+            raise ValueError(
+                f"model cube has shape {model.shape}, the frame expects {self.model_shape}"
+            )
+        cube = model[jnp.array(self.channel_index)]
+        _, height, width = self.model_shape
+        hp, wp = self.padded_shape
+        hq, wq = self.grid_shape
+        cube = jnp.pad(cube, ((0, 0), (0, hp - height), (0, wp - width)))
+        spectrum = jnp.fft.rfft2(cube)
+        if hq < hp:
+            spectrum = jnp.concatenate(
+                [spectrum[:, : hq // 2], spectrum[:, hp - hq // 2 :]], axis=1
+            )
+        spectrum = spectrum[:, :, : wq // 2 + 1]
+        transfer = self.transfer
+        if shift is not None:
+            offset = self.jacobian @ jnp.asarray(shift, dtype=self.jacobian.dtype)
+            phase = self.freq_y[:, None] * offset[0] + self.freq_x[None, :] * offset[1]
+            transfer = transfer * jnp.exp(-2j * jnp.pi * phase)
+        image = jnp.fft.irfft2(spectrum * transfer, s=(hq, wq))
+        if self.mode == "crop":
+            out = image[:, self.interp_y][:, :, self.interp_x]
+        elif self.mode == "separable":
+            out = jnp.einsum("py,cyx,qx->cpq", self.interp_y, image, self.interp_x)
+        else:
+            partial = jnp.einsum("cyx,px->cyp", image, self.interp_x)
+            out = jnp.einsum("py,cyp->cp", self.interp_y, partial)
+            out = out.reshape((out.shape[0], *self.out_shape))
+        return out * self.coverage
+
+
+def _channel_index(obs_frame, model_frame) -> tuple[int, ...]:
+    missing = [c for c in obs_frame.channels if c not in model_frame.channels]
+    if missing:
+        raise ValueError(
+            f"channels {missing} of the observation are not in the model frame "
+            f"{model_frame.channels}; build the frame from this observation too"
+        )
+    return tuple(model_frame.channels.index(c) for c in obs_frame.channels)
+
+
+def _positions(obs_frame, model_frame):
+    """Model-frame pixel coordinates of every observed pixel centre, and the Jacobian."""
+    _, ho, wo = obs_frame.shape
+    yy, xx = np.indices((ho, wo), dtype=float)
+    if obs_frame.wcs is None and model_frame.wcs is None:
+        if obs_frame.shape[1:] != model_frame.shape[1:]:
+            raise ValueError(
+                "without WCS an observation can only be matched to a frame of the same "
+                f"height and width ({obs_frame.shape[1:]} vs {model_frame.shape[1:]}); "
+                "give both a WCS"
+            )
+        return yy, xx, np.eye(2)
+    if obs_frame.wcs is None or model_frame.wcs is None:
+        which = "observation" if obs_frame.wcs is None else "model frame"
+        raise ValueError(f"the {which} has no WCS, so the two grids cannot be related")
+    y, x = sky.pixel_to_pixel(obs_frame.wcs, model_frame.wcs, yy.ravel(), xx.ravel())
+    jac = sky.local_jacobian(obs_frame.wcs, model_frame.wcs, (ho - 1) / 2.0, (wo - 1) / 2.0)
+    return y.reshape(ho, wo), x.reshape(ho, wo), jac
+
+
+def _psf_or_delta(psf, index):
+    if psf is None:
+        return None
+    psf = np.asarray(psf)
+    return psf[0] if psf.shape[0] == 1 else psf[index]
+
+
+def build_renderer(obs_frame, model_frame) -> Renderer:
+    """Precompute the operator from ``model_frame`` cubes into ``obs_frame`` pixels.
+
+    Raises
+    ------
+    ValueError
+        If channels are missing from the model frame, a WCS is missing, or no observed
+        pixel falls inside the model frame.
+    """
+    channel_index = _channel_index(obs_frame, model_frame)
+    _, height, width = model_frame.shape
+    _, ho, wo = obs_frame.shape
+    y, x, jac = _positions(obs_frame, model_frame)
+    inside = (
+        (y > -0.5 - 1e-9) & (y < height - 0.5 + 1e-9) & (x > -0.5 - 1e-9) & (x < width - 0.5 + 1e-9)
+    )
+    if not inside.any():
+        raise ValueError(
+            "the observation does not overlap the model frame: none of its pixel centres "
+            "falls inside it"
+        )
+
+    # padding: the PSF-matching kernel reaches as far as the observed PSF (in model
+    # pixels) plus the model PSF; pad by twice that so wrapped light lands in padding
+    scale = float(np.max(np.linalg.svd(jac, compute_uv=False)))
+    reach = 2
+    if obs_frame.psf is not None:
+        reach += int(np.ceil(0.5 * max(obs_frame.psf.shape[1:]) * scale))
+    if model_frame.psf is not None:
+        reach += int(np.ceil(0.5 * max(model_frame.psf.shape[1:])))
+    hp = fourier.fast_size(height + 2 * reach)
+    wp = fourier.fast_size(width + 2 * reach)
+    freq_y = np.fft.fftfreq(hp)
+    freq_x = np.fft.rfftfreq(wp)
+
+    # the band visible in the observation's pixels: |J^T k| <= 1/2 on both axes
+    ky, kx = np.meshgrid(freq_y, freq_x, indexing="ij")
+    ky_obs = jac[0, 0] * ky + jac[1, 0] * kx
+    kx_obs = jac[0, 1] * ky + jac[1, 1] * kx
+    band = (np.abs(ky_obs) <= 0.5 + 1e-9) & (np.abs(kx_obs) <= 0.5 + 1e-9)
+
+    on_grid = (
+        np.allclose(jac, np.eye(2), atol=_GRID_TOLERANCE)
+        and np.allclose(y, np.round(y), atol=_GRID_TOLERANCE)
+        and np.allclose(x, np.round(x), atol=_GRID_TOLERANCE)
+    )
+    if on_grid:
+        hq, wq = hp, wp
+    else:
+        rows = np.any(band, axis=1)
+        cols = np.any(band, axis=0)
+        kmax_y = np.max(np.abs(freq_y[rows]))
+        kmax_x = np.max(np.abs(freq_x[cols]))
+        hq = min(hp, fourier.fast_size(2 * np.ceil(kmax_y * hp) + 4))
+        wq = min(wp, fourier.fast_size(2 * np.ceil(kmax_x * wp) + 4))
+    row_index = (
+        np.concatenate([np.arange(hq // 2), np.arange(hp - hq // 2, hp)])
+        if hq < hp
+        else np.arange(hp)
+    )
+    fy = freq_y[row_index]
+    fx = freq_x[: wq // 2 + 1]
+    band = band[row_index][:, : wq // 2 + 1]
+
+    transfer = np.zeros((len(channel_index), len(fy), len(fx)), complex)
+    for c, model_c in enumerate(channel_index):
+        numerator = np.ones((len(fy), len(fx)), complex)
+        obs_psf = _psf_or_delta(obs_frame.psf, c)
+        if obs_psf is not None:
+            numerator = fourier.image_transform(obs_psf, fy, fx, jac)
+        denominator = np.ones_like(numerator)
+        model_psf = _psf_or_delta(model_frame.psf, model_c)
+        if model_psf is not None:
+            denominator = fourier.image_transform(model_psf, fy, fx)
+        usable = band & (np.abs(denominator) > 1e-10 * np.abs(denominator).max())
+        safe = np.where(usable, denominator, 1.0)
+        transfer[c] = np.where(usable, numerator / safe, 0.0)
+    # flux per observed pixel = flux per model pixel x area ratio; the crop of the
+    # spectrum changes the FFT normalisation by (hq wq) / (hp wp)
+    transfer *= abs(np.linalg.det(jac)) * (hq * wq) / (hp * wp)
+
+    if on_grid:
+        mode = "crop"
+        interp_y = np.mod(np.round(y[:, 0]).astype(int), hp)
+        interp_x = np.mod(np.round(x[0, :]).astype(int), wp)
+    else:
+        yq, xq = y * hq / hp, x * wq / wp
+        separable = np.allclose(y, y[:, :1], atol=_GRID_TOLERANCE, rtol=0) and np.allclose(
+            x, x[:1, :], atol=_GRID_TOLERANCE, rtol=0
+        )
+        if separable:
+            mode = "separable"
+            interp_y = fourier.interpolation_matrix(yq[:, 0], hq)
+            interp_x = fourier.interpolation_matrix(xq[0, :], wq)
+        else:
+            mode = "general"
+            interp_y = fourier.interpolation_matrix(yq, hq)
+            interp_x = fourier.interpolation_matrix(xq, wq)
+
+    return Renderer(
+        channel_index=channel_index,
+        model_shape=tuple(model_frame.shape),
+        padded_shape=(hp, wp),
+        grid_shape=(hq, wq),
+        out_shape=(ho, wo),
+        mode=mode,
+        transfer=jnp.asarray(transfer),
+        freq_y=jnp.asarray(fy),
+        freq_x=jnp.asarray(fx),
+        jacobian=jnp.asarray(jac),
+        interp_y=jnp.asarray(interp_y),
+        interp_x=jnp.asarray(interp_x),
+        coverage=jnp.asarray(inside.astype(float)),
+    )
