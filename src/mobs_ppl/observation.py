@@ -118,7 +118,7 @@ class Observation(eqx.Module):
         elif w.ndim == 1:
             if w.shape[0] != n_channels:
                 raise ValueError(
-                    f"weights has {w.shape[0]} values per channel but data has {n_channels} channels"
+                    f"weights has {w.shape[0]} values per channel; the data has {n_channels}"
                 )
             w = np.broadcast_to(w[:, None, None], cube.shape).copy()
         else:
