@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import fourier, frame, psf, sky
+from . import datasets, fourier, frame, psf, sky
 from ._warnings import MobsPplWarning
 from .frame import Frame, relative_jacobian
 from .likelihood import gaussian_log_likelihood
@@ -20,6 +20,7 @@ __all__ = [
     "Observation",
     "Renderer",
     "build_renderer",
+    "datasets",
     "estimate_weights",
     "fourier",
     "frame",

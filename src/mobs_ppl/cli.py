@@ -1,0 +1,280 @@
+"""Command-line interface: ``mobs-ppl``.
+
+``mobs-ppl demo --out DIR`` runs the packaged demonstration on the COSMOS HST + HSC
+field. For now it exercises the forward model only (load, model frame, match, render,
+chi-squared of a simple model cube); the full scene fit replaces it later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+PROG = "mobs-ppl"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Joint models of blended galaxies seen by several instruments.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run the demonstration on the COSMOS HST + HSC field",
+        description=(
+            "Load the COSMOS HST (F814W) and HSC (g, r, i, z, y) images, build the model "
+            "frame, bind both observations to it, render a simple model cube into each and "
+            "report timings and chi-squared per band. Writes OUT/summary.json."
+        ),
+    )
+    demo.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    demo.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=None,
+        help=(
+            "directory holding cosmos_hst_hsc/ (or that folder itself); default: "
+            "$MOBS_PPL_DATA_DIR, else a user cache filled by a one-off download"
+        ),
+    )
+    demo.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download the data; fail if it is not found locally",
+    )
+    demo.add_argument(
+        "--repeat",
+        type=int,
+        default=10,
+        help="renders timed for the steady-state figure (median; default 10)",
+    )
+    return parser
+
+
+def _block(x):
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def _time_render(observation, cube, repeat: int) -> tuple[float, float, object]:
+    """First (compiling) and median steady-state time of a jitted render, in seconds."""
+    import equinox as eqx
+    import numpy as np
+
+    render = eqx.filter_jit(lambda obs, model: obs.render(model))
+    start = time.perf_counter()
+    image = _block(render(observation, cube))
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        _block(render(observation, cube))
+        times.append(time.perf_counter() - start)
+    return first, float(np.median(times)), image
+
+
+def _demo_cube(frame, hst, hsc):
+    """Model cube: HST data placed into the frame, scaled per HSC band to that band's sum.
+
+    The HST image is put on the model grid at the integer offset given by the WCS (the
+    model frame uses HST's pixels), zero elsewhere. Each HSC channel holds the same
+    image scaled so that its sum equals the sum of that HSC band's data; since rendering
+    conserves flux, the rendered HSC images then carry the observed total flux.
+    """
+    import numpy as np
+
+    from . import sky
+
+    y0, x0 = sky.pixel_to_pixel(hst.wcs, frame.wcs, np.array([0.0]), np.array([0.0]))
+    oy, ox = int(np.round(y0[0])), int(np.round(x0[0]))
+    _, h, w = hst.shape
+    image = np.zeros(frame.shape[1:])
+    image[oy : oy + h, ox : ox + w] = np.asarray(hst.data[0])
+    cube = np.zeros(frame.shape)
+    total = image.sum()
+    scales = {}
+    for c, band in enumerate(frame.channels):
+        if band in hst.channels:
+            scale = 1.0
+        else:
+            scale = float(np.sum(np.asarray(hsc.data[hsc.channels.index(band)]))) / total
+        cube[c] = scale * image
+        scales[band] = scale
+    return cube, (oy, ox), scales
+
+
+def _chi2_per_dof(observation, image) -> dict[str, dict[str, float]]:
+    """Chi-squared per used pixel, per band (no parameters are fitted: dof = pixels)."""
+    import numpy as np
+
+    weights = np.asarray(observation.weights) * np.asarray(observation.renderer.coverage)
+    residual = np.asarray(observation.data) - np.asarray(image)
+    out = {}
+    for c, band in enumerate(observation.channels):
+        used = weights[c] > 0
+        chi2 = float(np.sum(weights[c] * residual[c] ** 2))
+        dof = int(used.sum())
+        out[band] = {"chi2": chi2, "dof": dof, "chi2_per_dof": chi2 / dof}
+    return out
+
+
+def _demo(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+    import numpy as np
+
+    from . import datasets
+    from .frame import Frame
+    from .psf import psf_sigma
+
+    out_dir: pathlib.Path = args.out
+    t_start = time.perf_counter()
+    print(f"{PROG} {_version()} demo (jax {jax.__version__}, {jax.default_backend()}, float64)")
+
+    start = time.perf_counter()
+    try:
+        files = datasets.cosmos_files(args.data_dir, download=not args.no_download)
+    except OSError as err:  # not found, or the download failed
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(
+            f"{PROG}: hint: on the command line, give --data-dir DIR (a directory holding "
+            f"{datasets.COSMOS_FOLDER}/) or set {datasets.DATA_DIR_ENV}",
+            file=sys.stderr,
+        )
+        return 1
+    hst, hsc = datasets.load_cosmos(pathlib.Path(files["Cut_HST.fits"]).parent, download=False)
+    t_load = time.perf_counter() - start
+    print(f"data: {pathlib.Path(files['Cut_HST.fits']).parent} (loaded in {t_load:.2f} s)")
+    for obs in (hst, hsc):
+        sigma = 1.0 / np.sqrt(np.asarray(obs.weights)[:, 0, 0])
+        noise = ", ".join(f"{b} {s:.3g}" for b, s in zip(obs.channels, sigma, strict=True))
+        print(
+            f"  {obs.name}: {obs.shape[1]} x {obs.shape[2]} px at "
+            f"{obs.frame.pixel_scale.to_value('arcsec'):.4f} arcsec, "
+            f"PSF {obs.psf.shape[1]} x {obs.psf.shape[2]}, noise sigma {noise}"
+        )
+
+    start = time.perf_counter()
+    frame = Frame.from_observations([hst, hsc], coverage="union")
+    t_frame = time.perf_counter() - start
+    scale = frame.pixel_scale.to_value("arcsec")
+    model_sigma = psf_sigma(np.asarray(frame.psf[0]))
+    print(
+        f"model frame: shape {frame.shape} (channel, y, x), pixel scale {scale:.4f} arcsec, "
+        f"channels {' '.join(frame.channels)} (built in {t_frame:.2f} s)"
+    )
+    print(
+        f"model PSF: Gaussian, sigma {model_sigma:.3f} model px = {model_sigma * scale:.4f} "
+        f"arcsec (second moments of the pixel-integrated image)"
+    )
+
+    matched, timings = {}, {}
+    for obs in (hst, hsc):
+        start = time.perf_counter()
+        matched[obs.name] = _block(obs.match(frame))
+        timings[obs.name] = {"match_s": time.perf_counter() - start}
+
+    cube, offset, scales = _demo_cube(frame, hst, hsc)
+    print(
+        f"model cube: F814W = HST data placed at frame pixel (y, x) = {offset} (zero "
+        "elsewhere); g..y = the same image scaled so its sum equals each HSC band's sum "
+        f"(scales {', '.join(f'{b} {s:.4g}' for b, s in scales.items() if b in hsc.channels)})"
+    )
+    cube = jax.numpy.asarray(cube)
+
+    summary_obs = {}
+    chi2 = {}
+    print("observation  mode       grid (padded)        match     first render  steady render")
+    for name, obs in matched.items():
+        first, steady, image = _time_render(obs, cube, args.repeat)
+        timings[name].update(first_render_s=first, steady_render_s=steady)
+        r = obs.renderer
+        grid = f"{r.grid_shape[0]}x{r.grid_shape[1]} ({r.padded_shape[0]}x{r.padded_shape[1]})"
+        print(
+            f"{name:<12} {r.mode:<10} {grid:<20} {timings[name]['match_s']:6.3f} s  "
+            f"{first:8.3f} s    {steady * 1e3:9.3f} ms"
+        )
+        chi2.update(_chi2_per_dof(obs, image))
+        summary_obs[name] = {
+            "shape": list(obs.shape),
+            "channels": list(obs.channels),
+            "pixel_scale_arcsec": obs.frame.pixel_scale.to_value("arcsec"),
+            "noise_sigma": [float(s) for s in 1.0 / np.sqrt(np.asarray(obs.weights)[:, 0, 0])],
+            "render_mode": r.mode,
+            "grid_shape": list(r.grid_shape),
+            "padded_shape": list(r.padded_shape),
+            **timings[name],
+        }
+    print(f"steady render: median of {max(1, args.repeat)} calls of the jitted render")
+    print("chi2 per degree of freedom (dof = used pixels; nothing fitted):")
+    print("  " + ", ".join(f"{band} {v['chi2_per_dof']:.3g}" for band, v in chi2.items()))
+
+    summary = {
+        "version": _version(),
+        "jax": {"version": jax.__version__, "backend": jax.default_backend(), "x64": True},
+        "data_dir": str(pathlib.Path(files["Cut_HST.fits"]).parent),
+        "frame": {
+            "shape": list(frame.shape),
+            "pixel_scale_arcsec": scale,
+            "channels": list(frame.channels),
+            "model_psf_sigma_px": model_sigma,
+        },
+        "model_cube": {
+            "description": "HST data placed into the frame; HSC channels scaled to band sums",
+            "hst_offset_yx": list(offset),
+            "scales": scales,
+        },
+        "observations": summary_obs,
+        "chi2": chi2,
+        "total_s": time.perf_counter() - t_start,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mobs-ppl`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 when the data cannot be found or downloaded.
+        ``--help``, ``--version`` and usage errors exit through ``SystemExit``.
+    """
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        try:
+            return _demo(args)
+        except OSError as err:  # e.g. an unwritable --out
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 1
+    raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Example data sets: the COSMOS field seen by HST and HSC.
+
+The field is a small public COSMOS cut-out imaged by HST ACS in F814W (0.03 arcsec
+pixels) and by Subaru HSC in g, r, i, z, y (0.168 arcsec pixels), as redistributed in
+the test data of the MIT-licensed scarlet repository. :func:`load_cosmos` turns the
+four FITS files into two ready :class:`~mobs_ppl.Observation` objects.
+
+Where the files are found, in this order:
+
+1. the ``data_dir`` argument: a directory holding ``cosmos_hst_hsc/``, or that folder
+   itself;
+2. the environment variable ``MOBS_PPL_DATA_DIR`` (same two forms);
+3. a user cache (``pooch.os_cache("mobs_ppl")``), into which the files are downloaded
+   once, with their SHA-256 hashes checked, unless ``download=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from .observation import Observation, estimate_weights
+from .psf import psf_center
+
+__all__ = ["COSMOS_FILES", "DATA_DIR_ENV", "cosmos_files", "load_cosmos"]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the data directory (the folder holding ``cosmos_hst_hsc/``).
+DATA_DIR_ENV = "MOBS_PPL_DATA_DIR"
+
+#: Name of the folder that holds the COSMOS files.
+COSMOS_FOLDER = "cosmos_hst_hsc"
+
+#: The four COSMOS files and their SHA-256 hashes.
+COSMOS_FILES = {
+    "Cut_HSC.fits": "d54772cd0d3e79e794269e2cec7a6f5659d9295fc199328a125ebbc8b591fb2b",
+    "Cut_HST.fits": "7d9cee2c99175489104567d4a52b8423b56ece3235ff8d9257008e502dfacbba",
+    "PSF_HSC.fits": "de1206236ff9628829d26aa43eddf9aab49c0b3ff83eb689340d7aab43e1f454",
+    "PSF_HST.fits": "8d3a000d6871c74b4124389738a2f70345fa7e4d4bd7099d73b0b6e4aa86b379",
+}
+
+#: Where the files are downloaded from (public, MIT-licensed scarlet repository).
+COSMOS_URL = "https://github.com/pmelchior/scarlet/raw/master/data/test_resampling/"
+
+#: Band names of the HSC cube, in the order of its first array axis.
+HSC_BANDS = ("g", "r", "i", "z", "y")
+
+_HOW_TO_PROVIDE = (
+    f"pass data_dir=... (a directory holding {COSMOS_FOLDER}/, or that folder itself) "
+    f"or set the environment variable {DATA_DIR_ENV} to such a directory"
+)
+
+
+def _cache_dir() -> pathlib.Path:
+    """Folder of the user cache that receives downloaded COSMOS files."""
+    import pooch
+
+    return pathlib.Path(pooch.os_cache("mobs_ppl")) / COSMOS_FOLDER
+
+
+def _cosmos_folder(root: pathlib.Path, source: str) -> pathlib.Path:
+    """The folder with the COSMOS files under ``root`` (``root/cosmos_hst_hsc`` or ``root``)."""
+    root = pathlib.Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {str(root)!r} ({source}) does not exist")
+    nested = root / COSMOS_FOLDER
+    return nested if nested.is_dir() else root
+
+
+def _check_folder(folder: pathlib.Path, source: str) -> dict[str, pathlib.Path]:
+    paths = {name: folder / name for name in COSMOS_FILES}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"COSMOS file {name!r} not found in {str(folder)!r} ({source}); the folder "
+                f"must hold {', '.join(COSMOS_FILES)}"
+            )
+    return paths
+
+
+def _fetch(cache: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Download (or verify) the COSMOS files in ``cache``; pooch checks the hashes."""
+    import pooch
+
+    registry = {name: f"sha256:{digest}" for name, digest in COSMOS_FILES.items()}
+    store = pooch.create(path=cache, base_url=COSMOS_URL, registry=registry)
+    return {name: pathlib.Path(store.fetch(name)) for name in COSMOS_FILES}
+
+
+def cosmos_files(data_dir=None, *, download: bool = True) -> dict[str, pathlib.Path]:
+    """Locate (or download) the four COSMOS FITS files.
+
+    Parameters
+    ----------
+    data_dir : str or path-like, optional
+        A directory holding ``cosmos_hst_hsc/``, or that folder itself. By default the
+        environment variable ``MOBS_PPL_DATA_DIR`` is used when set, and otherwise the
+        user cache ``pooch.os_cache("mobs_ppl")``.
+    download : bool
+        Whether files missing from the user cache may be downloaded (hash-checked).
+        Files already in the cache are used either way; a given ``data_dir`` or
+        ``MOBS_PPL_DATA_DIR`` is never downloaded into.
+
+    Returns
+    -------
+    dict
+        File name (``"Cut_HST.fits"``, ``"Cut_HSC.fits"``, ``"PSF_HST.fits"``,
+        ``"PSF_HSC.fits"``) to absolute path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the given directory does not exist or lacks a file (the message names it),
+        or if nothing is found and ``download`` is false.
+    OSError
+        If the download fails (no network, server error, or a hash mismatch).
+    """
+    if data_dir is not None:
+        folder = _cosmos_folder(pathlib.Path(data_dir), "data_dir argument")
+        return _check_folder(folder, "data_dir argument")
+    env = os.environ.get(DATA_DIR_ENV, "").strip()
+    if env:
+        folder = _cosmos_folder(pathlib.Path(env), f"environment variable {DATA_DIR_ENV}")
+        return _check_folder(folder, f"environment variable {DATA_DIR_ENV}")
+    cache = _cache_dir()
+    if not download:
+        if all((cache / name).is_file() for name in COSMOS_FILES):
+            return {name: cache / name for name in COSMOS_FILES}
+        raise FileNotFoundError(
+            f"COSMOS data not found (no data_dir, {DATA_DIR_ENV} unset, nothing in the "
+            f"cache {str(cache)!r}) and download=False: {_HOW_TO_PROVIDE}, or allow the "
+            "download (download=True, needs network access)"
+        )
+    try:
+        return _fetch(cache)
+    except (OSError, ValueError) as err:  # requests' errors are OSErrors; bad hash: ValueError
+        raise OSError(
+            f"could not download the COSMOS data from {COSMOS_URL} into {str(cache)!r} "
+            f"({type(err).__name__}: {err}); instead {_HOW_TO_PROVIDE}"
+        ) from err
+
+
+def _read(path: pathlib.Path) -> tuple[np.ndarray, fits.Header]:
+    """Primary HDU of a FITS file as a native-endian float64 array, with its header."""
+    with fits.open(path, memmap=False) as hdul:
+        data = np.array(hdul[0].data, dtype=np.float64)
+        header = hdul[0].header.copy()
+    return data, header
+
+
+def _prepare_psf(psf: np.ndarray, name: str) -> np.ndarray:
+    """Normalise each PSF band to unit sum and roll its peak onto the array centre.
+
+    The roll is by whole pixels and only where the peak is more than half a pixel from
+    the centre ``((h - 1) / 2, (w - 1) / 2)``: the same rule as
+    :func:`mobs_ppl.psf.check_psf`, so the result passes it silently.
+    """
+    stack = psf if psf.ndim == 3 else psf[None]
+    out = []
+    for c, image in enumerate(stack):
+        image = image / image.sum()
+        peak = np.array(np.unravel_index(np.argmax(image), image.shape), float)
+        offset = peak - np.array(psf_center(image))
+        roll = np.where(np.abs(offset) > 0.5 + 1e-9, np.round(offset), 0).astype(int)
+        if np.any(roll != 0):
+            logger.info("%s PSF band %d: peak rolled by %s pixels to the centre", name, c, -roll)
+            image = np.roll(image, tuple(-roll), axis=(0, 1))
+        out.append(image)
+    return np.stack(out)
+
+
+def load_cosmos(data_dir=None, *, download: bool = True) -> tuple[Observation, Observation]:
+    """The COSMOS field as two ready observations: HST F814W and HSC g, r, i, z, y.
+
+    Parameters
+    ----------
+    data_dir : str or path-like, optional
+        A directory holding ``cosmos_hst_hsc/`` (e.g. the shared ``data/`` folder), or
+        that folder itself. By default ``MOBS_PPL_DATA_DIR``, then the user cache, into
+        which the files are downloaded once (see :func:`cosmos_files`).
+    download : bool
+        Allow downloading the files (about 0.6 MB, SHA-256 checked) when they are not
+        found locally.
+
+    Returns
+    -------
+    hst : Observation
+        Name ``"HST"``, channel ``"F814W"``, data ``(1, 250, 250)`` in the image's units
+        (counts per 0.03 arcsec pixel), PSF ``(1, 179, 179)``.
+    hsc : Observation
+        Name ``"HSC"``, channels ``"g", "r", "i", "z", "y"``, data ``(5, 50, 50)`` in the
+        image's units (counts per 0.168 arcsec pixel), PSF ``(5, 31, 31)``.
+
+    Notes
+    -----
+    - Data are read as float64 (JAX keeps them float64 when ``jax_enable_x64`` is on and
+      stores them as float32 otherwise); non-finite pixels are masked.
+    - Weights are inverse variances, one per band, in 1 / data units squared, estimated
+      from the background with :func:`mobs_ppl.estimate_weights` (clipped robust sigma;
+      about 4.7 for HST and 0.89, 0.54, 0.23, 0.22, 0.39 for HSC g..y). No weight maps
+      ship with the field; the HST image is a drizzled coadd whose pixel noise is
+      correlated, which these independent-pixel weights do not describe.
+    - PSFs are divided by their sum per band (the HSC ones sum to about 0.997) and the
+      HST PSF, whose peak is one pixel off the array centre in both axes, is rolled by
+      whole pixels so that its peak sits at the centre; no warning is emitted.
+    - WCS come from the FITS headers; the HSC header describes a 3-D cube with two
+      celestial axes, of which the celestial part is kept.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the files cannot be found (the message says how to provide them).
+    OSError
+        If a download was needed and failed.
+    """
+    paths = cosmos_files(data_dir, download=download)
+    observations = []
+    for instrument, channels in (("HST", ("F814W",)), ("HSC", HSC_BANDS)):
+        data, header = _read(paths[f"Cut_{instrument}.fits"])
+        psf, _ = _read(paths[f"PSF_{instrument}.fits"])
+        if data.ndim == 2:
+            data = data[None]
+        if data.shape[0] != len(channels):
+            raise ValueError(
+                f"{paths[f'Cut_{instrument}.fits']} has {data.shape[0]} bands, "
+                f"expected {len(channels)} ({', '.join(channels)})"
+            )
+        bad = ~np.isfinite(data)
+        observations.append(
+            Observation(
+                data,
+                weights=estimate_weights(data),
+                psf=_prepare_psf(psf, instrument),
+                wcs=WCS(header).celestial,
+                channels=list(channels),
+                name=instrument,
+                mask=bad if bad.any() else None,
+            )
+        )
+    hst, hsc = observations
+    return hst, hsc

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+import mobs_ppl
+from mobs_ppl import cli, datasets
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    """No environment variable and an empty user cache; downloads are refused."""
+
+    def offline(cache):
+        raise ConnectionError("network unreachable (test)")
+
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(datasets, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(datasets, "_fetch", offline)
+
+
+@pytest.mark.data
+def test_demo_runs_and_writes_a_summary(tmp_path, capsys, shared_data_dir):
+    out = tmp_path / "results"
+    code = cli.main(
+        ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "2"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    shape = tuple(summary["frame"]["shape"])
+    assert shape[0] == 6
+    assert str(shape) in printed
+    assert summary["frame"]["channels"] == ["F814W", "g", "r", "i", "z", "y"]
+    assert set(summary["observations"]) == {"HST", "HSC"}
+    assert set(summary["chi2"]) == {"F814W", "g", "r", "i", "z", "y"}
+    for band in summary["chi2"].values():
+        assert band["chi2_per_dof"] > 0
+    for obs in summary["observations"].values():
+        assert obs["match_s"] > 0 and obs["steady_render_s"] > 0
+    assert "chi2 per degree of freedom" in printed
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert mobs_ppl.__version__ in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code != 0
+
+
+def test_missing_data_without_download(tmp_path, capsys, no_data):
+    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--no-download"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("mobs-ppl: error:")
+    assert "MOBS_PPL_DATA_DIR" in err and "--data-dir" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_failed_download_gives_a_readable_message(tmp_path, capsys, no_data):
+    code = cli.main(["demo", "--out", str(tmp_path / "out")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "could not download" in err and "MOBS_PPL_DATA_DIR" in err
+    assert "Traceback" not in err
+
+
+def test_bad_data_dir(tmp_path, capsys):
+    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    assert code != 0
+    assert "Cut_HSC.fits" in capsys.readouterr().err
