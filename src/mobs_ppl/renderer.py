@@ -187,6 +187,10 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
         and np.allclose(x, np.round(x), atol=_GRID_TOLERANCE)
     )
     if on_grid:
+        # the grids coincide: use the exact identity, not the WCS round-trip (which is
+        # off by ~1e-9 and would scale fluxes by that much)
+        jac = np.eye(2)
+        band = np.ones_like(band)
         hq, wq = hp, wp
     else:
         rows = np.any(band, axis=1)
@@ -209,7 +213,7 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
         numerator = np.ones((len(fy), len(fx)), complex)
         obs_psf = _psf_or_delta(obs_frame.psf, c)
         if obs_psf is not None:
-            numerator = fourier.image_transform(obs_psf, fy, fx, jac)
+            numerator = fourier.image_transform(obs_psf, fy, fx, jac, where=band)
         denominator = np.ones_like(numerator)
         model_psf = _psf_or_delta(model_frame.psf, model_c)
         if model_psf is not None:
