@@ -2,12 +2,15 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, fourier, frame, psf, sky
+from . import datasets, fourier, frame, noise, psf, resample, sky
 from ._warnings import MobsPplWarning
+from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
 from .likelihood import gaussian_log_likelihood
+from .noise import StationaryNoise
 from .observation import Observation, estimate_weights
 from .renderer import Renderer, build_renderer
+from .resample import Resampler
 
 try:
     __version__ = version("mobs-ppl")
@@ -15,6 +18,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "CorrelatedObservation",
+    "Resampler",
+    "StationaryNoise",
+    "noise",
+    "resample",
     "Frame",
     "MobsPplWarning",
     "Observation",
