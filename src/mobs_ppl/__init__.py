@@ -6,11 +6,15 @@ from . import datasets, fourier, frame, noise, psf, resample, sky
 from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
+from .inference import MAPResult, PosteriorResult, fit_map, sample
 from .likelihood import gaussian_log_likelihood
+from .model import SceneModel, scene_model
 from .noise import StationaryNoise
 from .observation import Observation, estimate_weights
 from .renderer import Renderer, build_renderer
 from .resample import Resampler
+from .scene import Scene
+from .sources import GaussianSource, PointSource, SersicSource, Source
 
 try:
     __version__ = version("mobs-ppl")
@@ -18,6 +22,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "GaussianSource",
+    "MAPResult",
+    "PointSource",
+    "PosteriorResult",
+    "Scene",
+    "SceneModel",
+    "SersicSource",
+    "Source",
+    "fit_map",
+    "sample",
+    "scene_model",
     "CorrelatedObservation",
     "Resampler",
     "StationaryNoise",

@@ -93,9 +93,13 @@ def image_transform(image: np.ndarray, freq_y, freq_x, jacobian=None, where=None
     jac = np.eye(2) if jacobian is None else np.asarray(jacobian, float)
     # phase neglected by treating the grids as aligned, at the largest frequency and
     # image offset; below 1e-10 radians it is far under round-off of the result
-    cross = 2 * np.pi * (
-        abs(jac[0, 1]) * np.abs(freq_y).max() * np.abs(ax).max()
-        + abs(jac[1, 0]) * np.abs(freq_x).max() * np.abs(ay).max()
+    cross = (
+        2
+        * np.pi
+        * (
+            abs(jac[0, 1]) * np.abs(freq_y).max() * np.abs(ax).max()
+            + abs(jac[1, 0]) * np.abs(freq_x).max() * np.abs(ay).max()
+        )
     )
     if cross < 1e-10:
         # axis-aligned: the transform factorises into two small matrix products

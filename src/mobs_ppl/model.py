@@ -1,0 +1,357 @@
+"""The scene as a NumPyro model.
+
+:func:`scene_model` is a plain module-level NumPyro program: a sample site for the
+spectra of all sources (positive), for every morphology parameter of every source, for
+the astrometric shift of every named observation, and one observed site per
+observation. :class:`SceneModel` holds its arguments and is the callable users pass to
+NumPyro (``SVI``, ``MCMC``, ``Predictive``, handlers).
+
+Site names and ArviZ dimensions (``i`` is the source index, ``name`` an observation):
+
+============== ============================== ==================================
+site           shape                          dims
+============== ============================== ==================================
+spectrum       (sources, channels)            source, channel
+flux           (sources, channels)            source, channel (deterministic)
+morphology_i   (h_i, w_i)                     morph_y_i, morph_x_i
+center_i       (2,)                           axis
+radius_i       ()                             (model pixels)
+shape_i        (2,)                           shape_component (unconstrained)
+sersic_n_i     ()
+shift          (shifted observations, 2)      observation, axis (model pixels)
+shift_arcsec   (shifted observations, 2)      observation, axis (deterministic)
+shift_native   (shifted observations, 2)      observation, axis (native pixels)
+obs_<name>     observation's (native) shape   channel_<name>, y_<name>, x_<name>
+============== ============================== ==================================
+
+Shift convention: ``shift`` is where sources appear in that observation minus where
+its WCS puts them, in model-frame pixels ``(dy, dx)``, positive toward larger pixel
+coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import astropy.units as u
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from .correlated import CorrelatedObservation
+from .distributions import StationaryImageNormal, pixel_normal
+from .frame import relative_jacobian
+from .observation import Observation
+from .scene import Scene
+
+__all__ = ["SceneModel", "scene_model", "site_dims"]
+
+#: Relative width of the default spectrum prior: HalfNormal with scale ten times the
+#: initial spectrum, i.e. nearly flat over any flux the data can support.
+SPECTRUM_PRIOR_FACTOR = 10.0
+
+
+def _likelihood(obs, cube, shift_model, to_native):
+    """Observed-site distribution and value for one observation."""
+    shift = None if shift_model is None else to_native @ shift_model
+    if isinstance(obs, CorrelatedObservation) and obs.native is not None:
+        # exact: the resampled density is the native one (pseudo-inverse identity)
+        native = obs.native
+        return pixel_normal(
+            native.render(cube, shift), native.weights * native.renderer.coverage
+        ), native.data
+    if isinstance(obs, CorrelatedObservation):
+        prediction = obs.render(cube, shift)
+        return StationaryImageNormal(prediction, obs.noise, obs.weights > 0), obs.data
+    prediction = obs.render(cube, shift)
+    return pixel_normal(prediction, obs.weights * obs.renderer.coverage), obs.data
+
+
+def scene_model(
+    scene: Scene,
+    observations: Sequence,
+    shift_names: Sequence[str] = (),
+    shift_scales=None,
+    to_native: Mapping[str, np.ndarray] | None = None,
+    priors: Mapping[str, dist.Distribution] | None = None,
+    pixel_scale_arcsec: float = 1.0,
+    observed: bool = True,
+):
+    """NumPyro model of a scene seen by several observations.
+
+    Parameters
+    ----------
+    scene : Scene
+        Sources with their initial values (which set the default priors' scales).
+    observations : sequence
+        Observations bound to ``scene.frame`` (``obs.match(frame)``).
+    shift_names : sequence of str
+        Observations whose astrometric shift is sampled.
+    shift_scales : array_like
+        Prior standard deviation of each shift, model pixels.
+    to_native : mapping
+        Per observation name, the ``(2, 2)`` matrix from model pixels to the pixels in
+        which its likelihood is evaluated.
+    priors : mapping, optional
+        Distributions replacing defaults, by site name.
+    pixel_scale_arcsec : float
+        Model pixel scale, for the ``shift_arcsec`` site.
+    observed : bool
+        Condition on the data (``False`` draws images, for prior predictive checks).
+    """
+    priors = dict(priors or {})
+    frame = scene.frame
+    init = jnp.stack([s.spectrum for s in scene.sources])
+    spectrum_prior = priors.get("spectrum", dist.HalfNormal(SPECTRUM_PRIOR_FACTOR * init))
+    with (
+        numpyro.plate("source", len(scene.sources), dim=-2),
+        numpyro.plate("channel", frame.n_channels, dim=-1),
+    ):
+        spectrum = numpyro.sample("spectrum", spectrum_prior)
+    sources = []
+    for i, source in enumerate(scene.sources):
+        values = {}
+        for name, prior in source.default_priors().items():
+            site = f"{name}_{i}"
+            values[name] = numpyro.sample(site, priors.get(site, prior))
+        sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
+    realised = scene.replace_sources(sources)
+    numpyro.deterministic("flux", realised.fluxes())
+    cube = realised.render()
+
+    shifts = {}
+    if shift_names:
+        scales = jnp.asarray(shift_scales)[:, None] * jnp.ones((1, 2))
+        shift = numpyro.sample("shift", priors.get("shift", dist.Normal(0.0, scales).to_event(2)))
+        numpyro.deterministic("shift_arcsec", shift * pixel_scale_arcsec)
+        native = jnp.stack([to_native[n] @ shift[k] for k, n in enumerate(shift_names)])
+        numpyro.deterministic("shift_native", native)
+        shifts = {n: shift[k] for k, n in enumerate(shift_names)}
+    for obs in observations:
+        distribution, value = _likelihood(obs, cube, shifts.get(obs.name), to_native[obs.name])
+        numpyro.sample(f"obs_{obs.name}", distribution, obs=value if observed else None)
+
+
+def _base_constraint(c):
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return c
+
+
+def _support_ok(prior: dist.Distribution, default: dist.Distribution) -> bool:
+    """Whether ``prior``'s support lies inside ``default``'s (same kind of set)."""
+    p, d = _base_constraint(prior.support), _base_constraint(default.support)
+    if d is constraints.real:
+        return True
+    if d in (constraints.positive,):
+        return (
+            p in (constraints.positive, constraints.nonnegative)
+            or (isinstance(p, constraints.interval) and float(jnp.min(p.lower_bound)) >= 0)
+            or isinstance(p, type(constraints.positive))
+        )
+    if isinstance(d, constraints.interval):
+        if not isinstance(p, constraints.interval):
+            return False
+        return bool(
+            jnp.all(p.lower_bound >= d.lower_bound) and jnp.all(p.upper_bound <= d.upper_bound)
+        )
+    return type(p) is type(d)
+
+
+class SceneModel(eqx.Module):
+    """A scene and its observations as a callable NumPyro model.
+
+    Parameters
+    ----------
+    scene : Scene
+        Initial scene (its values initialise fits and set default prior scales).
+    observations : sequence of Observation or CorrelatedObservation
+        Each is bound to ``scene.frame`` here unless it already is.
+    shifts : mapping, optional
+        ``{observation name: prior scale}``: the scale is an astropy angle (e.g.
+        ``0.1 * u.arcsec``) or a number of model pixels (``u.pix``). Observations not
+        named are astrometric references; at least one must remain.
+    priors : mapping, optional
+        ``{site name: numpyro distribution}`` replacing the defaults; the support must
+        match the site's constraint.
+    """
+
+    scene: Scene
+    observations: tuple
+    shift_names: tuple[str, ...] = eqx.field(static=True)
+    shift_scales: tuple[float, ...] = eqx.field(static=True)
+    to_native: dict
+    priors: dict
+    pixel_scale_arcsec: float = eqx.field(static=True)
+
+    def __init__(self, scene: Scene, observations, shifts=None, priors=None):
+        if not isinstance(scene, Scene):
+            raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+        if len(scene.sources) == 0:
+            raise ValueError("the scene has no sources")
+        if isinstance(observations, (Observation, CorrelatedObservation)):
+            observations = [observations]
+        frame = scene.frame
+        bound = []
+        names = []
+        for obs in observations:
+            if not isinstance(obs, (Observation, CorrelatedObservation)):
+                raise TypeError(f"expected observations, got {type(obs).__name__}")
+            renderer = obs.renderer
+            if renderer is None or renderer.model_shape != frame.shape:
+                obs = obs.match(frame)
+            bound.append(obs)
+            names.append(obs.name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"observation names must be unique; got {names}")
+        model_scale = frame.pixel_scale.to_value(u.arcsec) if frame.wcs is not None else None
+
+        shifts = dict(shifts or {})
+        unknown = [n for n in shifts if n not in names]
+        if unknown:
+            raise ValueError(f"shifts name unknown observations {unknown}; known: {names}")
+        if shifts and len(shifts) == len(names):
+            raise ValueError(
+                "a shift for every observation is degenerate (the whole scene could move "
+                "instead): leave at least one observation as the astrometric reference"
+            )
+        scales = []
+        for name in names:
+            if name not in shifts:
+                continue
+            scale = shifts[name]
+            if isinstance(scale, u.Quantity) and scale.unit.physical_type == "angle":
+                if model_scale is None:
+                    raise ValueError("an angular shift scale needs a model frame with WCS")
+                scales.append(scale.to_value(u.arcsec) / model_scale)
+            elif isinstance(scale, u.Quantity) and scale.unit == u.pix:
+                scales.append(float(scale.value))
+            else:
+                raise TypeError(
+                    f"shift scale for {name!r} must be an astropy angle (e.g. 0.1 * u.arcsec) "
+                    f"or pixels (u.pix); got {scale!r}"
+                )
+            if not scales[-1] > 0:
+                raise ValueError(f"shift scale for {name!r} must be positive")
+        self.shift_names = tuple(n for n in names if n in shifts)
+        self.shift_scales = tuple(float(s) for s in scales)
+
+        to_native = {}
+        for obs in bound:
+            target = obs.native.frame if getattr(obs, "native", None) is not None else obs.frame
+            if frame.wcs is None or target.wcs is None:
+                to_native[obs.name] = jnp.eye(2)
+            else:
+                to_native[obs.name] = jnp.asarray(relative_jacobian(frame, target))
+        self.scene = scene
+        self.observations = tuple(bound)
+        self.to_native = to_native
+        self.pixel_scale_arcsec = float(model_scale) if model_scale is not None else 1.0
+        self.priors = {}
+        self.priors = self._check_priors(dict(priors or {}))
+
+    # -- the NumPyro program ------------------------------------------------------------
+    def __call__(self, observed: bool = True):
+        """Run the NumPyro model (see :func:`scene_model`)."""
+        return scene_model(
+            self.scene,
+            self.observations,
+            self.shift_names,
+            self.shift_scales,
+            self.to_native,
+            self.priors,
+            self.pixel_scale_arcsec,
+            observed,
+        )
+
+    # -- site table ----------------------------------------------------------------------
+    def default_priors(self) -> dict[str, dist.Distribution]:
+        """Default prior of every latent site, by name."""
+        out = {
+            "spectrum": dist.HalfNormal(
+                SPECTRUM_PRIOR_FACTOR * jnp.stack([s.spectrum for s in self.scene.sources])
+            )
+        }
+        for i, source in enumerate(self.scene.sources):
+            for name, prior in source.default_priors().items():
+                out[f"{name}_{i}"] = prior
+        if self.shift_names:
+            out["shift"] = dist.Normal(
+                0.0, jnp.asarray(self.shift_scales)[:, None] * jnp.ones((1, 2))
+            ).to_event(2)
+        return out
+
+    def init_values(self) -> dict[str, jnp.ndarray]:
+        """Initial value of every latent site (from the scene; zero shifts)."""
+        values = {"spectrum": jnp.stack([s.spectrum for s in self.scene.sources])}
+        for i, source in enumerate(self.scene.sources):
+            for name, value in source.parameters().items():
+                values[f"{name}_{i}"] = jnp.asarray(value)
+        if self.shift_names:
+            values["shift"] = jnp.zeros((len(self.shift_names), 2))
+        return values
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        """Names of the latent sites."""
+        return tuple(self.default_priors())
+
+    def _check_priors(self, priors):
+        defaults = self.default_priors()
+        for name, prior in priors.items():
+            if name not in defaults:
+                raise ValueError(f"prior for unknown site {name!r}; sites are {sorted(defaults)}")
+            if not isinstance(prior, dist.Distribution):
+                raise TypeError(f"prior for {name!r} must be a numpyro distribution")
+            if not _support_ok(prior, defaults[name]):
+                raise ValueError(
+                    f"prior for {name!r} has support {prior.support}, but the site needs "
+                    f"{defaults[name].support}"
+                )
+        return priors
+
+    def realise(self, params: Mapping[str, jnp.ndarray]) -> Scene:
+        """The scene with latent values ``params`` (constrained space) substituted."""
+        spectrum = params.get("spectrum", jnp.stack([s.spectrum for s in self.scene.sources]))
+        sources = []
+        for i, source in enumerate(self.scene.sources):
+            values = {
+                name: params[f"{name}_{i}"]
+                for name in source.parameters()
+                if f"{name}_{i}" in params
+            }
+            sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
+        return self.scene.replace_sources(sources)
+
+
+def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]:
+    """ArviZ ``dims`` and ``coords`` for every site of ``model``."""
+    scene = model.scene
+    coords = {
+        "source": list(range(len(scene.sources))),
+        "channel": list(scene.frame.channels),
+        "axis": ["y", "x"],
+        "shape_component": ["u1", "u2"],
+        "observation": list(model.shift_names),
+    }
+    dims = {"spectrum": ["source", "channel"], "flux": ["source", "channel"]}
+    if model.shift_names:
+        for name in ("shift", "shift_arcsec", "shift_native"):
+            dims[name] = ["observation", "axis"]
+    for i, source in enumerate(scene.sources):
+        for name in source.parameters():
+            site = f"{name}_{i}"
+            if name == "morphology":
+                dims[site] = [f"morph_y_{i}", f"morph_x_{i}"]
+            elif name == "center":
+                dims[site] = ["axis"]
+            elif name == "shape":
+                dims[site] = ["shape_component"]
+    for obs in model.observations:
+        target = obs.native if getattr(obs, "native", None) is not None else obs
+        dims[f"obs_{obs.name}"] = [f"channel_{obs.name}", f"y_{obs.name}", f"x_{obs.name}"]
+        coords[f"channel_{obs.name}"] = list(target.channels)
+    return dims, coords
