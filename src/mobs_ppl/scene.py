@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .fourier import fast_size
 from .frame import Frame
 from .sources import AbstractSource
 
@@ -24,7 +25,9 @@ def convolve_frame_psf(cube, psf) -> jax.Array:
         return cube
     _, height, width = cube.shape
     h, w = psf.shape[1:]
-    shape = (height + h, width + w)
+    # zero padding by the PSF size avoids wrap-around; sizes with small prime factors
+    # keep the FFTs fast
+    shape = (fast_size(height + h), fast_size(width + w))
     kernel = jnp.zeros((psf.shape[0], *shape), dtype=cube.dtype)
     kernel = kernel.at[:, :h, :w].set(psf)
     kernel = jnp.roll(kernel, (-(h // 2), -(w // 2)), axis=(1, 2))
