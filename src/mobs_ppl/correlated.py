@@ -176,7 +176,11 @@ class CorrelatedObservation(eqx.Module):
         yn, xn = sky.pixel_to_pixel(wcs, obs.wcs, yy.ravel(), xx.ravel())
         iy = np.clip(np.round(yn).astype(int), 0, obs.shape[1] - 1)
         ix = np.clip(np.round(xn).astype(int), 0, obs.shape[2] - 1)
-        nearest_used = used[:, iy, ix].reshape((obs.shape[0], *shape))
+        # pixels of the box outside the native image (corners of a rotated footprint)
+        # would only hold periodic copies of the interpolant: mask them and zero them
+        inside = (yn > -0.5) & (yn < obs.shape[1] - 0.5) & (xn > -0.5) & (xn < obs.shape[2] - 0.5)
+        nearest_used = (used[:, iy, ix] & inside[None]).reshape((obs.shape[0], *shape))
+        data = jnp.where(jnp.asarray(nearest_used), data, 0.0)
         weights = np.where(nearest_used, 1.0 / np.maximum(np.asarray(variance), 1e-300), 0.0)
 
         to_native = sky.local_jacobian(wcs, obs.wcs, (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
@@ -249,13 +253,13 @@ class CorrelatedObservation(eqx.Module):
             )
         return self.renderer
 
-    def render(self, model, shift=None) -> jax.Array:
+    def render(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Predicted data on this observation's grid.
 
         ``shift`` is ``(dy, dx)`` in pixels of this observation's grid (for the
         resampled kind: model-frame pixels).
         """
-        return self._require_renderer()(model, shift)
+        return self._require_renderer()(model, shift, convolved)
 
     def native_shift(self, shift) -> jax.Array | None:
         """A shift in this grid's pixels expressed in native pixels (resampled kind)."""
@@ -263,7 +267,7 @@ class CorrelatedObservation(eqx.Module):
             return None
         return self.native_jacobian @ jnp.asarray(shift)
 
-    def log_likelihood(self, model, shift=None) -> jax.Array:
+    def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Gaussian log-likelihood under the correlated noise model, normalised.
 
         Resampled kind: the exact density of the resampled data on the range of ``R``
@@ -272,9 +276,11 @@ class CorrelatedObservation(eqx.Module):
         """
         renderer = self._require_renderer()
         if self.native is not None:
-            native_ll = self.native.log_likelihood(model, self.native_shift(shift))
+            native_ll = self.native.log_likelihood(
+                model, self.native_shift(shift), convolved=convolved
+            )
             return native_ll - 0.5 * self.log_det_resampling
-        residual = (self.data - renderer(model, shift)) * (self.weights > 0)
+        residual = (self.data - renderer(model, shift, convolved)) * (self.weights > 0)
         return self.noise.log_likelihood(residual)
 
     def sample_noise(self, key) -> jax.Array:

@@ -55,18 +55,19 @@ SPECTRUM_PRIOR_FACTOR = 10.0
 
 
 def _likelihood(obs, cube, shift_model, to_native):
-    """Observed-site distribution and value for one observation."""
+    """Observed-site distribution and value for one observation.
+
+    ``cube`` is the scene before the model PSF: each observation applies its own PSF.
+    """
     shift = None if shift_model is None else to_native @ shift_model
     if isinstance(obs, CorrelatedObservation) and obs.native is not None:
         # exact: the resampled density is the native one (pseudo-inverse identity)
         native = obs.native
-        return pixel_normal(
-            native.render(cube, shift), native.weights * native.renderer.coverage
-        ), native.data
+        prediction = native.render(cube, shift, convolved=False)
+        return pixel_normal(prediction, native.weights * native.renderer.coverage), native.data
+    prediction = obs.render(cube, shift, convolved=False)
     if isinstance(obs, CorrelatedObservation):
-        prediction = obs.render(cube, shift)
         return StationaryImageNormal(prediction, obs.noise, obs.weights > 0), obs.data
-    prediction = obs.render(cube, shift)
     return pixel_normal(prediction, obs.weights * obs.renderer.coverage), obs.data
 
 
@@ -120,7 +121,7 @@ def scene_model(
         sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
     realised = scene.replace_sources(sources)
     numpyro.deterministic("flux", realised.fluxes())
-    cube = realised.render()
+    cube = realised.render(convolve=False)
 
     shifts = {}
     if shift_names:

@@ -196,8 +196,8 @@ class StationaryNoise(eqx.Module):
             power = np.repeat(power, c, axis=0)
         return cls(power=jnp.asarray(power), shape=tuple(shape))
 
-    def _column_weights(self) -> jax.Array:
-        # a real FFT stores columns 1 .. W/2 - 1 once for two conjugate frequencies
+    def column_weights(self) -> jax.Array:
+        """Multiplicity of each real-FFT column (1 or 2: conjugate pairs stored once)."""
         width = self.shape[2]
         weights = np.full(width // 2 + 1, 2.0)
         weights[0] = 1.0
@@ -205,16 +205,20 @@ class StationaryNoise(eqx.Module):
             weights[-1] = 1.0
         return jnp.asarray(weights)
 
-    def chi2(self, residual) -> jax.Array:
-        """``r^T C^{-1} r`` summed over channels."""
+    def chi2_per_channel(self, residual) -> jax.Array:
+        """``r_c^T C_c^{-1} r_c`` for each channel ``c``."""
         spectrum = jnp.fft.rfft2(residual)
         n = self.shape[1] * self.shape[2]
-        terms = jnp.abs(spectrum) ** 2 / self.power * self._column_weights()
-        return jnp.sum(terms) / n
+        terms = jnp.abs(spectrum) ** 2 / self.power * self.column_weights()
+        return jnp.sum(terms, axis=(-2, -1)) / n
+
+    def chi2(self, residual) -> jax.Array:
+        """``r^T C^{-1} r`` summed over channels."""
+        return jnp.sum(self.chi2_per_channel(residual))
 
     def log_det(self) -> jax.Array:
         """``log det C`` summed over channels."""
-        return jnp.sum(jnp.log(self.power) * self._column_weights())
+        return jnp.sum(jnp.log(self.power) * self.column_weights())
 
     def log_likelihood(self, residual) -> jax.Array:
         """Gaussian log-density of a residual stack, normalisation included."""

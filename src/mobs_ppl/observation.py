@@ -201,7 +201,7 @@ class Observation(eqx.Module):
             )
         return self.renderer
 
-    def render(self, model, shift=None) -> jax.Array:
+    def render(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Predicted data for a model cube.
 
         Parameters
@@ -211,20 +211,23 @@ class Observation(eqx.Module):
         shift : array_like, optional
             ``(dy, dx)`` in pixels of this observation: sources appear at their WCS
             position plus this offset (positive toward larger pixel coordinates).
+        convolved : bool
+            ``False`` if ``model`` is the scene before the model PSF (see
+            :meth:`mobs_ppl.Scene.render`); saves a convolution.
 
         Returns
         -------
         jax.Array
             ``(channels, height, width)`` prediction in data units per pixel.
         """
-        return self._require_renderer()(model, shift)
+        return self._require_renderer()(model, shift, convolved)
 
-    def log_likelihood(self, model, shift=None) -> jax.Array:
+    def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Gaussian log-likelihood of the data given a model cube (independent pixels).
 
         Includes the normalisation ``0.5 * sum(log(w / 2 pi))`` over used pixels. Pixels
         outside the model frame's coverage do not count.
         """
         renderer = self._require_renderer()
-        prediction = renderer(model, shift)
+        prediction = renderer(model, shift, convolved)
         return gaussian_log_likelihood(self.data, prediction, self.weights * renderer.coverage)
