@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, fourier, frame, noise, psf, resample, sky
+from . import datasets, detection, fourier, frame, init, measure, noise, psf, resample, sky
 from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
@@ -11,6 +11,7 @@ from .likelihood import gaussian_log_likelihood
 from .model import SceneModel, scene_model
 from .noise import StationaryNoise
 from .observation import Observation, estimate_weights
+from .persistence import load_fit, load_posterior, load_scene, save_fit, save_posterior, save_scene
 from .renderer import Renderer, build_renderer
 from .resample import Resampler
 from .scene import Scene
@@ -22,6 +23,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "detection",
+    "init",
+    "measure",
     "GaussianSource",
     "MAPResult",
     "PointSource",
@@ -51,5 +55,11 @@ __all__ = [
     "psf",
     "relative_jacobian",
     "sky",
+    "load_fit",
+    "load_posterior",
+    "load_scene",
+    "save_fit",
+    "save_posterior",
+    "save_scene",
     "__version__",
 ]
