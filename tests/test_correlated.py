@@ -312,15 +312,6 @@ def test_resampled_pixels_outside_native_image_are_masked(case):
     assert np.all(weights[inside] > 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug in correlated.py (_resampled vs _covered_box): where native pixel edges fall "
-        "exactly on resampled pixel centres, _covered_box keeps those pixels (1e-9 "
-        "tolerance) but the new 'inside' mask uses strict inequalities, so round-off "
-        "masks an irregular subset of the border pixels (234 of 141 x 141 here)"
-    ),
-)
 def test_border_mask_does_not_depend_on_round_off():
     obs = mp.Observation(np.zeros((1, 25, 25)), weights=1.0, wcs=_wcs(0.168, 0.0, 25))
     frame = mp.Frame((1, 151, 151), wcs=_wcs(0.03, 0.0, 151))  # edges on pixel centres

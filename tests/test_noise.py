@@ -39,10 +39,11 @@ def _hst(data_dir):
     return hst, co
 
 
-def _background(hst, grow=3):
-    """Background mask and background-subtracted residual of the HST image."""
+def _background(hst, grow=None):
+    """Background mask (package default growth unless given) and residual of HST."""
     data = np.asarray(hst.data)[0]
-    mask = mp.noise.background_mask(hst.data, hst.weights, grow=grow)[0]
+    kwargs = {} if grow is None else {"grow": grow}
+    mask = mp.noise.background_mask(hst.data, hst.weights, **kwargs)[0]
     return mask, data - np.median(data[mask])
 
 
@@ -122,22 +123,7 @@ def _check_blocks(residual, mask, xi, label, ks=BLOCKS):
 @pytest.mark.data
 @pytest.mark.parametrize(
     "k",
-    [
-        2,
-        3,
-        pytest.param(
-            4,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "bug in noise.py: background_mask's default grow=3 leaves faint source "
-                    "wings in the background, so measure_correlation's xi has a floor of "
-                    "~0.029 xi(0) at lag 4 that does not decay; 4x4 block sums then give "
-                    "chi2/dof 0.949 (0.982 with grow=5, 1.006 with grow=8)"
-                ),
-            ),
-        ),
-    ],
+    [2, 3, 4],
 )
 def test_hst_block_sums_refute_independent_pixels(shared_data_dir, k):
     hst, co = _hst(shared_data_dir)

@@ -43,10 +43,10 @@ __all__ = ["CorrelatedObservation"]
 def _covered_box(obs: Observation, frame: Frame) -> tuple[int, int, int, int]:
     """Pixel box ``(y0, y1, x0, x1)`` (inclusive) of ``frame`` whose centres lie in ``obs``."""
     ymin, ymax, xmin, xmax = obs.frame.footprint(frame.wcs)
-    y0 = max(int(np.ceil(ymin + 1e-9)), 0)
-    x0 = max(int(np.ceil(xmin + 1e-9)), 0)
-    y1 = min(int(np.floor(ymax - 1e-9)), frame.shape[1] - 1)
-    x1 = min(int(np.floor(xmax - 1e-9)), frame.shape[2] - 1)
+    y0 = max(int(np.ceil(ymin - 1e-6)), 0)
+    x0 = max(int(np.ceil(xmin - 1e-6)), 0)
+    y1 = min(int(np.floor(ymax + 1e-6)), frame.shape[1] - 1)
+    x1 = min(int(np.floor(xmax + 1e-6)), frame.shape[2] - 1)
     if y1 < y0 or x1 < x0:
         raise ValueError(
             f"observation {obs.name!r} does not overlap the frame it should be resampled to"
@@ -178,7 +178,14 @@ class CorrelatedObservation(eqx.Module):
         ix = np.clip(np.round(xn).astype(int), 0, obs.shape[2] - 1)
         # pixels of the box outside the native image (corners of a rotated footprint)
         # would only hold periodic copies of the interpolant: mask them and zero them
-        inside = (yn > -0.5) & (yn < obs.shape[1] - 0.5) & (xn > -0.5) & (xn < obs.shape[2] - 0.5)
+        # (same tolerance as ``_covered_box``: centres on the native edge are kept)
+        eps = 1e-6
+        inside = (
+            (yn > -0.5 - eps)
+            & (yn < obs.shape[1] - 0.5 + eps)
+            & (xn > -0.5 - eps)
+            & (xn < obs.shape[2] - 0.5 + eps)
+        )
         nearest_used = (used[:, iy, ix] & inside[None]).reshape((obs.shape[0], *shape))
         data = jnp.where(jnp.asarray(nearest_used), data, 0.0)
         weights = np.where(nearest_used, 1.0 / np.maximum(np.asarray(variance), 1e-300), 0.0)

