@@ -1,0 +1,282 @@
+"""Initial scenes from an observation: ``mp.init.from_observation``.
+
+A simulated field seen by two instruments: a sharp one ("space": 64 x 64 pixels of
+0.06", channel "a") on which sources are detected, and a coarse one ("ground": 20 x 20
+pixels of 0.18", channels "g", "r") inside it, so that the model frame is the sharp
+grid with two extra channels. Galaxies are Gaussians (two of them blended) on white
+noise; every simulation is seeded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
+
+import mobs_ppl as mp
+from mobs_ppl.psf import gaussian_psf
+
+SPACE_SCALE, GROUND_SCALE = 0.06, 0.18  # arcsec per pixel
+SPACE_N, GROUND_N = 64, 20
+NOISE = 0.2  # white-noise sigma of the space image
+#: (y, x) in space pixels, Gaussian sigma (pixels), peak value (data units)
+TRUTH = [
+    ((14.3, 15.8), 1.8, 4.0),
+    ((47.6, 16.2), 2.5, 3.0),
+    ((30.2, 40.7), 2.2, 5.0),  # these two are blended
+    ((36.9, 46.1), 1.6, 3.5),
+    ((50.4, 50.6), 1.3, 2.5),
+]
+
+
+def _wcs(scale, n, offset=(0.0, 0.0)):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.1, 2.2]
+    w.wcs.cd = np.diag([-scale, scale]) / 3600.0
+    centre = (n - 1) / 2.0
+    w.wcs.crpix = [centre + offset[1] + 1, centre + offset[0] + 1]
+    w.wcs.set()
+    return w
+
+
+def _image(shape, truth, scale=1.0, offset=(0.0, 0.0)):
+    """Sum of the true Gaussians on a grid ``scale`` times coarser (same centre)."""
+    yy, xx = np.indices(shape, dtype=float)
+    image = np.zeros(shape)
+    for (y, x), sigma, peak in truth:
+        # position on this grid: same sky position, both grids centred on crval
+        yg = (y - (SPACE_N - 1) / 2) / scale + (shape[0] - 1) / 2 - offset[0]
+        xg = (x - (SPACE_N - 1) / 2) / scale + (shape[1] - 1) / 2 - offset[1]
+        s = sigma / scale
+        g = np.exp(-0.5 * ((yy - yg) ** 2 + (xx - xg) ** 2) / s**2)
+        image += peak * g  # surface brightness is kept: coarse pixels are brighter per area
+    return image
+
+
+@functools.cache
+def _field(seed=0):
+    rng = np.random.default_rng(seed)
+    space_image = _image((SPACE_N, SPACE_N), TRUTH) + rng.normal(
+        scale=NOISE, size=(SPACE_N, SPACE_N)
+    )
+    space = mp.Observation(
+        space_image,
+        weights=1 / NOISE**2,
+        psf=gaussian_psf(1.0),
+        wcs=_wcs(SPACE_SCALE, SPACE_N),
+        channels=["a"],
+        name="space",
+    )
+    offset = (0.23, -0.31)
+    ground_image = np.stack(
+        [_image((GROUND_N, GROUND_N), TRUTH, 3.0, offset) * f for f in (2.0, 4.0)]
+    )
+    ground_image += rng.normal(scale=0.3, size=ground_image.shape)
+    ground = mp.Observation(
+        ground_image,
+        weights=1 / 0.3**2,
+        psf=gaussian_psf(1.2),
+        wcs=_wcs(GROUND_SCALE, GROUND_N, offset),
+        channels=["g", "r"],
+        name="ground",
+    )
+    frame = mp.Frame.from_observations([space, ground])
+    assert frame.shape == (3, SPACE_N, SPACE_N)
+    assert frame.channels == ("a", "g", "r")
+    return space, ground, frame
+
+
+def _truth_in_frame(frame, observation):
+    """True centres in model-frame pixels (through the sky)."""
+    ys, xs = np.array([t[0] for t in TRUTH]).T
+    y, x = frame.sky_to_pixel(observation.frame.pixel_to_sky(ys, xs))
+    return np.stack([y, x], axis=1)
+
+
+@functools.cache
+def _scene():
+    """The default initialisation from the space image (shared by several tests)."""
+    space, _, frame = _field()
+    return mp.init.from_observation(space, frame)
+
+
+def _check_values(scene):
+    for source in scene.sources:
+        spectrum = np.asarray(source.spectrum)
+        assert np.all(np.isfinite(spectrum)) and np.all(spectrum > 0)
+        morphology = np.asarray(source.morphology)
+        assert np.all(morphology > 0) and np.all(morphology < 1)
+
+
+def _centres(scene):
+    return np.array([np.asarray(s.center) for s in scene.sources])
+
+
+# -- from detections --------------------------------------------------------------------
+
+
+def test_one_source_per_detection_inside_the_constraints():
+    space, _, frame = _field()
+    detections = mp.detection.detect_sources(space, "space", split_peaks=False)
+    scene = _scene()
+    assert isinstance(scene, mp.Scene)
+    assert scene.frame.shape == frame.shape and scene.frame.channels == frame.channels
+    assert len(scene.sources) == len(detections) == len(TRUTH)
+    _check_values(scene)
+    # centres within one pixel of the truth, one source per true galaxy
+    truth = _truth_in_frame(frame, space)
+    centres = _centres(scene)
+    distance = np.hypot(*(centres[:, None, :] - truth[None, :, :]).transpose(2, 0, 1))
+    nearest = np.argmin(distance, axis=1)
+    assert sorted(nearest.tolist()) == list(range(len(TRUTH)))
+    assert np.all(distance.min(axis=1) < 1.0)
+    print(f"init centres: largest distance to the truth {distance.min(axis=1).max():.2f} px")
+
+
+@pytest.mark.parametrize("box_growth", [1.5, 2.0])
+def test_boxes_are_larger_than_the_footprints(box_growth):
+    space, _, frame = _field()
+    detections = mp.detection.detect_sources(space, "space", split_peaks=False)
+    scene = mp.init.from_observation(space, frame, box_growth=box_growth)
+    for source, detection in zip(scene.sources, detections, strict=True):
+        y0, y1, x0, x1 = detection.bbox
+        extent = max(y1 - y0 + 1, x1 - x0 + 1)  # model pixels: same grid here
+        height, width = source.box_shape
+        assert height == width and height % 2 == 1
+        assert height >= box_growth * extent
+        # the box holds the whole footprint
+        oy, ox = source.origin
+        assert oy <= y0 and ox <= x0 and oy + height > y1 and ox + width > x1
+
+
+def test_blended_sources_start_distinct():
+    space, _, frame = _field()
+    scene = _scene()
+    truth = _truth_in_frame(frame, space)
+    centres = _centres(scene)
+    pair = [int(np.argmin(np.hypot(*(centres - truth[k]).T))) for k in (2, 3)]
+    a, b = (scene.sources[i] for i in pair)
+    # shared footprint, same box extent, but each morphology peaks on its own source
+    for source, k in zip((a, b), (2, 3), strict=True):
+        image = np.asarray(source.morphology)
+        peak = np.array(np.unravel_index(np.argmax(image), image.shape)) + source.origin
+        assert np.hypot(*(peak - truth[k])) < 2.0
+
+
+def test_extra_frame_channels_hold_a_positive_placeholder():
+    scene = _scene()
+    spectra = np.array([np.asarray(s.spectrum) for s in scene.sources])
+    observed, others = spectra[:, 0], spectra[:, 1:]
+    assert np.all(others > 0)
+    np.testing.assert_array_equal(others, others[0, 0])  # one value for all
+    assert others[0, 0] < observed.min()
+
+
+def test_observed_channel_holds_the_forced_flux():
+    space, _, frame = _field()
+    scene = _scene()
+    truth = _truth_in_frame(frame, space)
+    true_flux = np.array([2 * np.pi * s**2 * p for _, s, p in TRUTH])
+    for source in scene.sources:
+        k = int(np.argmin(np.hypot(*(truth - np.asarray(source.center)).T)))
+        if k in (2, 3):
+            continue  # the blend's flux split depends on the starting morphologies
+        # a starting point only: the morphology is the noisy, truncated footprint
+        flux = float(mp.measure.flux(source)[0])
+        assert abs(flux / true_flux[k] - 1) < 0.5
+
+
+def test_initialisation_from_the_coarse_image():
+    _, ground, frame = _field()
+    detections = mp.detection.detect_sources(ground, "ground", split_peaks=False)
+    scene = mp.init.from_observation(ground, frame, image_type="ground")
+    assert len(scene.sources) == len(detections) >= 3
+    _check_values(scene)
+    spectra = np.array([np.asarray(s.spectrum) for s in scene.sources])
+    assert np.all(spectra[:, 0] == spectra[0, 0])  # channel "a" is the placeholder now
+    # boxes are in model pixels: three per coarse pixel
+    for source, detection in zip(scene.sources, detections, strict=True):
+        y0, y1, x0, x1 = detection.bbox
+        assert source.box_shape[0] >= 1.5 * 3 * max(y1 - y0 + 1, x1 - x0 + 1) - 1e-9
+    # centres within one coarse pixel (three model pixels) of a true galaxy
+    truth = _truth_in_frame(frame, _field()[0])
+    for centre in _centres(scene):
+        assert np.min(np.hypot(*(truth - centre).T)) < 3.0
+
+
+# -- from a catalogue --------------------------------------------------------------------
+
+
+def _catalogue(space, extra_pixels=()):
+    ys, xs = np.array([t[0] for t in TRUTH] + list(extra_pixels), float).T
+    return space.frame.pixel_to_sky(ys, xs)
+
+
+def test_catalogue_gives_one_source_per_entry():
+    space, _, frame = _field()
+    blank = (8.0, 50.0)  # empty sky: nothing is detected there
+    catalog = _catalogue(space, [blank])
+    scene = mp.init.from_observation(space, frame, catalog=catalog)
+    assert len(scene.sources) == len(TRUTH) + 1
+    _check_values(scene)
+    # each source sits on its catalogue position (model pixels, through the WCS)
+    y, x = frame.sky_to_pixel(catalog)
+    np.testing.assert_allclose(_centres(scene), np.stack([y, x], axis=1), atol=1e-6)
+    # the blank entry got a compact source anyway
+    blank_source = scene.sources[-1]
+    assert blank_source.box_shape[0] >= 11  # min_box
+    assert np.all(np.asarray(blank_source.spectrum) > 0)
+
+
+def test_catalogue_outside_the_frame_warns_and_skips():
+    space, _, frame = _field()
+    catalog = _catalogue(space, [(-30.0, 20.0), (20.0, 200.0)])
+    with pytest.warns(mp.MobsPplWarning, match=r"\[5, 6\].*outside"):
+        scene = mp.init.from_observation(space, frame, catalog=catalog)
+    assert len(scene.sources) == len(TRUTH)
+    _check_values(scene)
+
+
+def test_catalogue_entirely_outside_is_refused():
+    space, _, frame = _field()
+    outside = space.frame.pixel_to_sky(np.array([-40.0, 150.0]), np.array([10.0, 10.0]))
+    with (
+        pytest.warns(mp.MobsPplWarning, match="outside"),
+        pytest.raises(ValueError, match="no catalogue position"),
+    ):
+        mp.init.from_observation(space, frame, catalog=outside)
+
+
+def test_single_skycoord_catalogue():
+    space, _, frame = _field()
+    coord = space.frame.pixel_to_sky(*TRUTH[0][0])
+    assert isinstance(coord, SkyCoord) and coord.isscalar
+    scene = mp.init.from_observation(space, frame, catalog=coord)
+    assert len(scene.sources) == 1
+    _check_values(scene)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_no_detection_is_refused():
+    _, _, frame = _field()
+    noise = np.random.default_rng(3).normal(scale=NOISE, size=(SPACE_N, SPACE_N))
+    empty = mp.Observation(
+        noise, weights=1 / NOISE**2, wcs=_wcs(SPACE_SCALE, SPACE_N), channels=["a"]
+    )
+    with pytest.raises(ValueError, match="n_sigma"):
+        mp.init.from_observation(empty, frame)
+
+
+def test_all_zero_data_is_refused():
+    _, _, frame = _field()
+    zero = mp.Observation(
+        np.zeros((SPACE_N, SPACE_N)), weights=1.0, wcs=_wcs(SPACE_SCALE, SPACE_N), channels=["a"]
+    )
+    with pytest.raises(ValueError, match="all zero"):
+        mp.init.from_observation(zero, frame)
