@@ -98,13 +98,6 @@ def test_every_bright_source_found_and_nothing_else(seed, image_type):
     assert min(peaks) > 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG detection.py _detection (l. 170-182): the centre is the intensity-weighted "
-    "mean of the 3x3 pixels around the peak of the smoothed image, which for extended "
-    "sources barely moves from the peak pixel (a noiseless sigma = 3 px Gaussian at "
-    "(32.45, 32.45) is put at (32.03, 32.03), 0.59 px off)",
-)
 @pytest.mark.parametrize("image_type", ["space", "ground"])
 def test_centres_within_half_a_pixel(image_type):
     errors = []
@@ -157,13 +150,6 @@ def test_pure_noise_interior_false_detections_are_rare():
     assert interior <= 1  # in 200 images of 128 x 128 pixels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG detection.py detect_sources (l. 136-137): one robust sigma per scale is used "
-    "for the threshold, but with reflect boundaries the coarse starlet coefficients have 1.3-1.4x "
-    "(corners ~1.9x) that noise along the image borders, so '5 sigma' is ~3.6 sigma there: "
-    "~1-2% of 128x128 pure-noise images get a spurious detection on the border at 5 sigma",
-)
 def test_pure_noise_false_detections_not_concentrated_on_the_border():
     # at 4 sigma there are enough false detections to compare: the border band that a
     # footprint can touch is ~10% of the image, so it should hold far fewer than the

@@ -46,6 +46,45 @@ def starlet_transform(image: np.ndarray, scales: int) -> np.ndarray:
     return np.stack(planes)
 
 
+def _smoothing_matrices(n: int, scales: int) -> list[np.ndarray]:
+    """1-D matrices of the cumulative B3 smoothing (reflected boundary) per level."""
+    out = [np.eye(n)]
+    current = np.eye(n)
+    for j in range(scales):
+        step = 2**j
+        kernel = np.zeros(4 * step + 1)
+        kernel[::step] = _B3
+        current = ndimage.convolve1d(current, kernel, axis=0, mode="reflect")
+        out.append(current)
+    return out
+
+
+def _noise_profiles(shape, scales: int) -> list[np.ndarray]:
+    """Relative noise of each starlet plane for white noise, per pixel (median 1).
+
+    Plane ``j`` is ``(A_j - A_{j+1}) x (A_j - A_{j+1})``-like in 2-D: with 1-D smoothing
+    matrices ``A`` the variance of ``S_j - S_{j+1}`` (``S = A (x) A``) at each pixel is
+    ``d(A_j A_j^T)^2 - 2 d(A_j A_{j+1}^T)^2 + d(A_{j+1} A_{j+1}^T)^2`` (outer products of
+    the diagonals), computed exactly.
+    """
+    ay = _smoothing_matrices(shape[0], scales)
+    ax = _smoothing_matrices(shape[1], scales)
+    out = []
+    for j in range(scales):
+
+        def diag(a, b):
+            return np.einsum("ij,ij->i", a, b)
+
+        var = (
+            np.outer(diag(ay[j], ay[j]), diag(ax[j], ax[j]))
+            - 2 * np.outer(diag(ay[j], ay[j + 1]), diag(ax[j], ax[j + 1]))
+            + np.outer(diag(ay[j + 1], ay[j + 1]), diag(ax[j + 1], ax[j + 1]))
+        )
+        profile = np.sqrt(np.clip(var, 1e-30, None))
+        out.append(profile / np.median(profile))
+    return out
+
+
 def detection_image(observation) -> np.ndarray:
     """Channel sum weighted by inverse variance, divided by its noise (S/N per pixel)."""
     data = np.asarray(observation.data, float)
@@ -131,10 +170,14 @@ def detect_sources(
     coefficients = starlet_transform(image, scales)
     first = _first_scale(observation, image_type)
     significant = np.zeros(image.shape, bool)
+    profiles = _noise_profiles(image.shape, scales)
     for j in range(first, scales):
         plane = coefficients[j]
-        sigma = 1.4826 * np.median(np.abs(plane - np.median(plane)))
-        significant |= plane > n_sigma * sigma
+        # the coefficients' noise grows near the borders (reflected boundary): scale the
+        # robust sigma of the plane by the exact relative noise profile of the transform
+        relative = profiles[j]
+        sigma = 1.4826 * np.median(np.abs(plane / relative - np.median(plane / relative)))
+        significant |= plane > n_sigma * sigma * relative
     labels, count = ndimage.label(significant)
     # peaks of the image smoothed to the first scale used
     smooth = image - coefficients[:first].sum(axis=0) if first > 0 else image
@@ -167,20 +210,29 @@ def detect_sources(
     return detections
 
 
+def _peak_offset(minus, centre, plus) -> float:
+    """Sub-pixel offset of a peak from three samples, by a parabola through their logs.
+
+    Exact for a Gaussian profile (whose log is a parabola); the result is clipped to
+    half a pixel.
+    """
+    values = np.log(np.clip([minus, centre, plus], 1e-300, None))
+    curvature = values[0] - 2 * values[1] + values[2]
+    if not curvature < 0:
+        return 0.0
+    return float(np.clip(0.5 * (values[0] - values[2]) / curvature, -0.5, 0.5))
+
+
 def _detection(smooth, image, py, px, footprint, own) -> Detection:
-    y0, y1 = max(py - 1, 0), min(py + 2, image.shape[0])
-    x0, x1 = max(px - 1, 0), min(px + 2, image.shape[1])
-    patch = np.clip(smooth[y0:y1, x0:x1], 0, None)
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    total = patch.sum()
-    center = (
-        (float((yy * patch).sum() / total), float((xx * patch).sum() / total))
-        if total > 0
-        else (float(py), float(px))
-    )
+    h, w = smooth.shape
+    dy = dx = 0.0
+    if 0 < py < h - 1:
+        dy = _peak_offset(smooth[py - 1, px], smooth[py, px], smooth[py + 1, px])
+    if 0 < px < w - 1:
+        dx = _peak_offset(smooth[py, px - 1], smooth[py, px], smooth[py, px + 1])
     ys, xs = np.nonzero(footprint)
     return Detection(
-        center=center,
+        center=(py + dy, px + dx),
         peak=float(image[py, px]),
         footprint=footprint,
         own=own,
