@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ifeq ($(strip $(MOBS_PPL_DATA_DIR)),)
 ifneq ($(wildcard $(SHARED_DATA)/.),)
-demo test: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
+demo test bench: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
@@ -51,6 +51,9 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+	@for script in inference error_bars scaling; do \
+	  if [ -f benchmarks/$$script.py ]; then $(BIN)/python benchmarks/$$script.py || exit 1; fi; \
+	done
 
 clean:
 	rm -rf $(VENV) results/ build/ dist/ src/*.egg-info .pytest_cache .ruff_cache
