@@ -31,7 +31,15 @@ def convolve_frame_psf(cube, psf) -> jax.Array:
     kernel = jnp.zeros((psf.shape[0], *shape), dtype=cube.dtype)
     kernel = kernel.at[:, :h, :w].set(psf)
     kernel = jnp.roll(kernel, (-(h // 2), -(w // 2)), axis=(1, 2))
-    spectrum = jnp.fft.rfft2(cube, s=shape) * jnp.fft.rfft2(kernel)
+    transfer = jnp.fft.rfft2(kernel)
+    # the PSF's centre is its geometric centre (h - 1) / 2: for an even size the roll
+    # above leaves it half a pixel off, which this phase puts back
+    dy, dx = h // 2 - (h - 1) / 2.0, w // 2 - (w - 1) / 2.0
+    if dy or dx:
+        ky = jnp.fft.fftfreq(shape[0])[:, None]
+        kx = jnp.fft.rfftfreq(shape[1])[None, :]
+        transfer = transfer * jnp.exp(-2j * jnp.pi * (ky * dy + kx * dx))
+    spectrum = jnp.fft.rfft2(cube, s=shape) * transfer
     return jnp.fft.irfft2(spectrum, s=shape)[:, :height, :width]
 
 

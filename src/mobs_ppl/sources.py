@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import gammainc, gammaln
+from scipy.special import gammaincinv
 
 __all__ = [
     "AbstractSource",
@@ -180,10 +181,15 @@ class Source(AbstractSource):
 
 
 def _shear_matrix(ellipticity):
-    """Inverse-distortion matrix of a reduced shear ``g = (g1, g2)``, ``|g| < 1``."""
+    """Inverse distortion of a reduced shear ``g = (g1, g2)``, ``|g| < 1``, in (x, y).
+
+    A profile sheared by ``g`` is ``I(x) = I0(|A^-1 x|)`` with the area-preserving
+    ``A = [[1 + g1, g2], [g2, 1 - g1]] / sqrt(1 - g^2)`` (GalSim's convention: g1 > 0
+    stretches along x); this returns ``A^-1``.
+    """
     g1, g2 = ellipticity[0], ellipticity[1]
     norm = 1.0 / jnp.sqrt(1.0 - g1**2 - g2**2)
-    return norm * jnp.array([[1.0 + g1, g2], [g2, 1.0 - g1]])
+    return norm * jnp.array([[1.0 - g1, -g2], [-g2, 1.0 + g1]])
 
 
 def _disk(shape_param):
@@ -224,10 +230,14 @@ class _ParametricSource(AbstractSource):
     def _profile(self, r2):
         raise NotImplementedError
 
+    def _total(self):
+        """Integral of ``_profile`` over the plane (pixels^2); the shear preserves area."""
+        raise NotImplementedError
+
     def image(self):
+        """Pixel-integrated profile of unit total flux (light outside the box is lost)."""
         values = self._profile(self._radius2())
-        image = values.mean(axis=(1, 3))
-        return image / jnp.sum(image)
+        return values.mean(axis=(1, 3)) / self._total()
 
     def flux(self):
         return self.spectrum
@@ -256,7 +266,7 @@ class _ParametricSource(AbstractSource):
         return _disk(self.shape_param)
 
 
-def _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample):
+def _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample, reach=6.0):
     self.spectrum = _check_spectrum(spectrum)
     self.center = _center_value(center)
     if not float(radius) > 0:
@@ -267,7 +277,7 @@ def _init_parametric(self, center, spectrum, radius, ellipticity, box_size, over
         raise ValueError(f"ellipticity must be (g1, g2) with |g| < 1; got {ellipticity!r}")
     # invert g = u / sqrt(1 + |u|^2): u = g / sqrt(1 - |g|^2)
     self.shape_param = jnp.asarray(g / np.sqrt(1 - np.sum(g**2)))
-    size = int(box_size) if box_size is not None else 2 * int(np.ceil(6 * radius)) + 1
+    size = int(box_size) if box_size is not None else 2 * int(np.ceil(reach * radius)) + 1
     self.box_shape = (size, size)
     self._origin = (
         None if not isinstance(self.center, jax.Array) else _box_origin(self.center, self.box_shape)
@@ -291,18 +301,24 @@ class GaussianSource(_ParametricSource):
     box_size : int, optional
         Side of the square box (model pixels); default ``2 ceil(6 radius) + 1``.
     oversample : int
-        Sub-pixel samples per axis when integrating over pixels.
+        Sub-pixel samples per axis when integrating over pixels (even, so that no
+        sample falls on the centre of a source centred on a pixel).
     """
 
     def __init__(
-        self, center, spectrum, radius, ellipticity=(0.0, 0.0), box_size=None, oversample=3
+        self, center, spectrum, radius, ellipticity=(0.0, 0.0), box_size=None, oversample=4
     ):
         _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample)
 
-    def _profile(self, r2):
+    def _sigma2(self):
         # half-light radius of a Gaussian is sigma * sqrt(2 ln 2)
-        sigma2 = self.radius**2 / (2 * jnp.log(2.0))
-        return jnp.exp(-0.5 * r2 / sigma2)
+        return self.radius**2 / (2 * jnp.log(2.0))
+
+    def _profile(self, r2):
+        return jnp.exp(-0.5 * r2 / self._sigma2())
+
+    def _total(self):
+        return 2 * jnp.pi * self._sigma2()
 
     def with_center(self, center):
         return GaussianSource(
@@ -326,17 +342,30 @@ class SersicSource(_ParametricSource):
     n: jax.Array
 
     def __init__(
-        self, center, spectrum, radius, n=1.0, ellipticity=(0.0, 0.0), box_size=None, oversample=5
+        self, center, spectrum, radius, n=1.0, ellipticity=(0.0, 0.0), box_size=None, oversample=6
     ):
         if not 0.3 <= float(n) <= 6.0:
             raise ValueError(f"Sersic index n must be within [0.3, 6]; got {n}")
-        _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample)
+        # default box: the radius holding 99% of the light, at most 10 half-light radii
+        b = float(sersic_b(float(n)))
+        r99 = (float(gammaincinv(2 * float(n), 0.99)) / b) ** float(n)
+        reach = min(max(r99, 3.0), 10.0)
+        _init_parametric(
+            self, center, spectrum, radius, ellipticity, box_size, oversample, reach=reach
+        )
         self.n = jnp.asarray(float(n))
 
     def _profile(self, r2):
         b = sersic_b(self.n)
         r = jnp.sqrt(r2 + 1e-12)
         return jnp.exp(-b * (r / self.radius) ** (1.0 / self.n))
+
+    def _total(self):
+        # 2 pi n r_e^2 b^(-2n) Gamma(2n) for I(r) = exp(-b (r / r_e)^(1/n))
+        b = sersic_b(self.n)
+        n = self.n
+        log_total = jnp.log(2 * jnp.pi * n) + 2 * jnp.log(self.radius) - 2 * n * jnp.log(b)
+        return jnp.exp(log_total + gammaln(2 * n))
 
     def parameters(self):
         return {**super().parameters(), "sersic_n": self.n}
@@ -407,8 +436,13 @@ class PointSource(AbstractSource):
         y0, x0 = self._origin
         dy = jnp.arange(self.box_shape[0]) + y0 - self.center[0]
         dx = jnp.arange(self.box_shape[1]) + x0 - self.center[1]
-        # sinc weights: the band-limited delta; sums to ~1 for offsets inside the box
-        return jnp.sinc(dy)[:, None] * jnp.sinc(dx)[None, :]
+        # the band-limited delta (sinc), tapered to the box by a Lanczos window so the
+        # truncation does not ring, and normalised to unit flux
+        ay, ax = self.box_shape[0] / 2.0, self.box_shape[1] / 2.0
+        wy = jnp.sinc(dy) * jnp.sinc(dy / ay) * (jnp.abs(dy) < ay)
+        wx = jnp.sinc(dx) * jnp.sinc(dx / ax) * (jnp.abs(dx) < ax)
+        image = wy[:, None] * wx[None, :]
+        return image / jnp.sum(image)
 
     def flux(self):
         return self.spectrum
