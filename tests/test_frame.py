@@ -656,3 +656,40 @@ def test_cosmos_model_psf(cosmos):
     for image in np.asarray(cosmos["hsc"].psf):
         p = _amplitude(image, n_hsc)[np.ix_(m[band] % n_hsc, m[band] % n_hsc)]
         assert np.all(p <= model[np.ix_(rows, rows)] * (1 + 2e-3) + 1e-6)
+
+
+@pytest.mark.data
+def test_cosmos_linear_jacobian_is_the_scale_ratio(shared_data_dir):
+    """The linear parts of the two WCS relate by 0.03 / 0.168 exactly (to 1e-6)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    folder = shared_data_dir / "cosmos_hst_hsc"
+    hst = Frame((1, 250, 250), wcs=WCS(fits.getheader(folder / "Cut_HST.fits")))
+    hsc = Frame((5, 50, 50), wcs=WCS(fits.getheader(folder / "Cut_HSC.fits")).celestial)
+    linear = relative_jacobian(hst, hsc, method="linear")
+    np.testing.assert_allclose(linear, 0.03 / 0.168 * np.eye(2), rtol=0, atol=1e-6)
+    local = relative_jacobian(hst, hsc)
+    # the exact local map differs by the tangent planes' relative rotation (~1e-4 rad)
+    assert np.abs(local - linear).max() < 3e-5
+    with pytest.raises(ValueError, match="method"):
+        relative_jacobian(hst, hsc, method="affine")
+
+
+def test_linear_jacobian_matches_local_for_a_shared_tangent_point():
+    from astropy.wcs import WCS
+
+    def wcs(scale, theta):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 2.0]
+        c, s = np.cos(np.deg2rad(theta)), np.sin(np.deg2rad(theta))
+        w.wcs.cd = np.diag([-1.0, 1.0]) @ (scale * np.array([[c, -s], [s, c]])) / 3600
+        w.wcs.crpix = [20.5, 20.5]
+        return w
+
+    a = Frame((1, 40, 40), wcs=wcs(0.03, 0.0))
+    b = Frame((1, 10, 10), wcs=wcs(0.168, 30.0))
+    np.testing.assert_allclose(
+        relative_jacobian(a, b, method="linear"), relative_jacobian(a, b), rtol=0, atol=1e-8
+    )
