@@ -22,7 +22,7 @@ def no_data(monkeypatch, tmp_path):
 def test_demo_runs_and_writes_a_summary(tmp_path, capsys, shared_data_dir):
     out = tmp_path / "results"
     code = cli.main(
-        ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "2"]
+        ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "2", "--no-fit"]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -38,6 +38,23 @@ def test_demo_runs_and_writes_a_summary(tmp_path, capsys, shared_data_dir):
     for obs in summary["observations"].values():
         assert obs["match_s"] > 0 and obs["steady_render_s"] > 0
     assert "chi2 per degree of freedom" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_demo_fit_writes_results(tmp_path, capsys, shared_data_dir):
+    out = tmp_path / "results"
+    args = ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "1"]
+    code = cli.main([*args, "--max-iter", "100", "--warmup", "30", "--samples", "30"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    fit = summary["fit"]
+    assert fit["sources"] >= 5
+    assert set(fit["chi2_per_dof"]) == {"F814W", "g", "r", "i", "z", "y"}
+    assert len(fit["shift_native_posterior"]["mean"]) == 2
+    for name in ("scene.npz", "fit.npz", "posterior.nc", "scene_coarse_native.png"):
+        assert (out / name).is_file(), name
+    assert "shift of HSC" in capsys.readouterr().out
 
 
 def test_version(capsys):

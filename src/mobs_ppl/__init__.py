@@ -2,7 +2,19 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, detection, fourier, frame, init, measure, noise, psf, resample, sky
+from . import (
+    datasets,
+    detection,
+    fourier,
+    frame,
+    init,
+    measure,
+    noise,
+    plot,
+    psf,
+    resample,
+    sky,
+)
 from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
@@ -23,6 +35,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "plot",
     "detection",
     "init",
     "measure",
