@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
     demo.add_argument("--max-iter", type=int, default=400, help="MAP iterations (default 400)")
     demo.add_argument(
-        "--samples", type=int, default=150, help="NUTS draws per chain, 0 to skip (default 150)"
+        "--samples",
+        type=int,
+        default=0,
+        help="NUTS draws per chain after the MAP (default 0: skip; e.g. 200 for a posterior)",
     )
     demo.add_argument("--warmup", type=int, default=150, help="NUTS warm-up steps (default 150)")
     demo.add_argument(
