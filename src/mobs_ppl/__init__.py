@@ -19,6 +19,7 @@ from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
 from .inference import MAPResult, PosteriorResult, fit_map, sample
+from .laplace import LaplaceApproximation, laplace
 from .likelihood import gaussian_log_likelihood
 from .model import SceneModel, scene_model
 from .noise import StationaryNoise
@@ -49,6 +50,8 @@ __all__ = [
     "Source",
     "fit_map",
     "sample",
+    "laplace",
+    "LaplaceApproximation",
     "scene_model",
     "CorrelatedObservation",
     "Resampler",

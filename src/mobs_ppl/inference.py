@@ -19,7 +19,9 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_value
 
+from .laplace import start_inverse_mass_matrix, unconstrained_problem
 from .model import SceneModel
+from .sites import split_sites, start_values
 
 __all__ = ["MAPResult", "PosteriorResult", "fit_map", "sample", "DEFAULT_STEP_SIZES"]
 
@@ -130,8 +132,9 @@ def fit_map(
         Seed of the (deterministic here) SVI run.
     step_sizes : mapping, optional
         Adam step size per kind of site, overriding :data:`DEFAULT_STEP_SIZES`.
-    init : mapping, optional
-        Initial values by site name (default: the model's scene, zero shifts).
+    init : MAPResult or mapping, optional
+        Initial values: a previous fit (continued from its best parameters) or values by
+        site name overriding the model's (default: the model's scene, zero shifts).
     check_every : int
         Steps per compiled chunk; convergence is checked between chunks.
 
@@ -140,8 +143,7 @@ def fit_map(
     MAPResult
     """
     sizes = {**DEFAULT_STEP_SIZES, **(step_sizes or {})}
-    values = {**model.init_values(), **dict(init or {})}
-    _check_init(model, values)
+    values = start_values(model, init)
     guide = AutoDelta(model, init_loc_fn=init_to_value(values=values))
     # the schedule lets Adam settle: its step shrinks tenfold over max_iter
     schedule_decay = 0.1 ** (1.0 / max(max_iter, 1))
@@ -218,33 +220,6 @@ def fit_map(
     )
 
 
-def _check_init(model: SceneModel, values: Mapping) -> None:
-    priors = model.default_priors()
-    for name, value in values.items():
-        if name not in priors:
-            raise ValueError(f"initial value for unknown site {name!r}; sites: {sorted(priors)}")
-        support = priors[name].support
-        if not bool(jnp.all(support(jnp.asarray(value)))):
-            raise ValueError(f"initial value of {name!r} lies outside its constraint {support}")
-
-
-def _select_sites(model: SceneModel, sites: Sequence[str] | None) -> list[str]:
-    names = list(model.site_names)
-    if sites is None:
-        return names
-    if isinstance(sites, str):
-        sites = [sites]
-    chosen = []
-    for s in sites:
-        matches = [
-            n for n in names if n == s or (n.startswith(s + "_") and n[len(s) + 1 :].isdigit())
-        ]
-        if not matches:
-            raise ValueError(f"unknown site {s!r}; sites are {names}")
-        chosen.extend(m for m in matches if m not in chosen)
-    return chosen
-
-
 @dataclasses.dataclass(frozen=True)
 class PosteriorResult:
     """Result of :func:`sample`.
@@ -300,6 +275,7 @@ def sample(
     dense_mass: bool = False,
     chain_method: str = "vectorized",
     target_accept_prob: float = 0.8,
+    mass_matrix: str = "laplace",
     progress_bar: bool = False,
 ) -> PosteriorResult:
     """Posterior samples with NUTS, started at the MAP.
@@ -324,23 +300,34 @@ def sample(
         How chains run (``parallel`` needs one device per chain).
     target_accept_prob : float
         NUTS step-size adaptation target.
+    mass_matrix : {"laplace", "laplace+adapt", "adapt"}
+        The (inverse) mass matrix. ``"laplace"``: the inverse Hessian of the negative
+        log density at the start point (the Laplace covariance at the MAP, dense or
+        its diagonal), held fixed while the step size adapts; posterior widths that
+        differ by orders of magnitude (log fluxes of bright and faint sources) then
+        cost nothing from the first warm-up step. ``"laplace+adapt"``: start from it
+        and let NumPyro's windowed adaptation re-estimate it from the warm-up draws.
+        ``"adapt"``: NumPyro's default (identity, then windowed adaptation).
     progress_bar : bool
         NumPyro's progress bar.
     """
-    if isinstance(init, MAPResult):
-        values = dict(init.params)
-    else:
-        values = {**model.init_values(), **dict(init or {})}
-    _check_init(model, values)
-    chosen = _select_sites(model, sites)
-    fixed = {k: v for k, v in values.items() if k not in chosen}
-    start = {k: v for k, v in values.items() if k in chosen}
+    if mass_matrix not in ("laplace", "laplace+adapt", "adapt"):
+        raise ValueError(
+            f"mass_matrix must be 'laplace', 'laplace+adapt' or 'adapt', got {mass_matrix!r}"
+        )
+    start, fixed = split_sites(model, init, sites)
     conditioned = numpyro.handlers.condition(model, data=fixed)
+    inverse_mass = None
+    if mass_matrix != "adapt":
+        problem = unconstrained_problem(model, start, fixed, seed)
+        inverse_mass = start_inverse_mass_matrix(problem, dense=bool(dense_mass))
     kernel = NUTS(
         conditioned,
         init_strategy=init_to_value(values=start),
         dense_mass=dense_mass,
         target_accept_prob=target_accept_prob,
+        inverse_mass_matrix=inverse_mass,
+        adapt_mass_matrix=mass_matrix != "laplace",
     )
     mcmc = MCMC(
         kernel,
@@ -354,4 +341,4 @@ def sample(
         jax.random.PRNGKey(seed),
         extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy"),
     )
-    return PosteriorResult(model=model, mcmc=mcmc, sampled=tuple(chosen), fixed=fixed)
+    return PosteriorResult(model=model, mcmc=mcmc, sampled=tuple(start), fixed=fixed)
