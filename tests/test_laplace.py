@@ -182,3 +182,28 @@ def test_laplace_refuses_a_point_that_is_not_a_mode(problem):
 def test_laplace_rejects_unknown_sites(problem):
     with pytest.raises(ValueError, match="unknown site"):
         mp.laplace(problem["model"], None, sites=["nope"])
+
+
+def test_sample_rejects_an_unknown_mass_matrix(problem):
+    with pytest.raises(ValueError, match="mass_matrix"):
+        mp.sample(problem["model"], sites=["spectrum"], mass_matrix="unit")
+
+
+def test_sample_with_the_laplace_metric_matches_the_dense_errors(problem):
+    """NUTS with the default (Laplace, fixed) metric: flux sd = the dense GLS sd."""
+    z = _mode(problem)
+    post = mp.sample(
+        problem["model"],
+        init={"spectrum": np.exp(z)[:, None]},
+        sites=["spectrum"],
+        num_warmup=200,
+        num_samples=1000,
+        num_chains=2,
+        seed=4,
+    )
+    sd = np.asarray(post.samples()["flux"])[:, :, 0].std(axis=0)
+    reference = np.sqrt(np.diag(np.linalg.inv(problem["fisher"])))
+    # Monte Carlo error of an sd from ~2000 nearly independent draws: ~1.6%
+    np.testing.assert_allclose(sd, reference, rtol=0.08)
+    steps = np.asarray(post.mcmc.get_extra_fields()["num_steps"])
+    assert np.median(steps) <= 7  # a well-scaled 2-d Gaussian: trees of depth <= 2-3
