@@ -33,7 +33,7 @@ import numpy as np
 from . import noise as noise_models
 from . import sky
 from .frame import Frame, relative_jacobian
-from .observation import Observation
+from .observation import FramedData, Observation
 from .renderer import Renderer, build_renderer
 from .resample import Resampler, build_resampler, resample_psf
 
@@ -54,7 +54,7 @@ def _covered_box(obs: Observation, frame: Frame) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
-class CorrelatedObservation(eqx.Module):
+class CorrelatedObservation(FramedData, eqx.Module):
     """An observation whose pixel noise is correlated.
 
     Use :meth:`from_observation` to make one. It has the interface of
@@ -215,26 +215,6 @@ class CorrelatedObservation(eqx.Module):
 
     # -- views ------------------------------------------------------------------------
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of the data."""
-        return self.frame.shape
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Band names."""
-        return self.frame.channels
-
-    @property
-    def wcs(self):
-        """Celestial WCS of the data grid."""
-        return self.frame.wcs
-
-    @property
-    def psf(self):
-        """PSF images on the data grid."""
-        return self.frame.psf
-
-    @property
     def is_resampled(self) -> bool:
         """Whether the data were resampled from a native observation."""
         return self.native is not None
@@ -251,14 +231,6 @@ class CorrelatedObservation(eqx.Module):
         if self.native is not None:
             new = eqx.tree_at(lambda o: o.native, new, self.native.match(frame))
         return new
-
-    def _require_renderer(self) -> Renderer:
-        if self.renderer is None:
-            raise ValueError(
-                f"observation {self.name!r} is not bound to a model frame: call "
-                "obs = obs.match(frame) first"
-            )
-        return self.renderer
 
     def render(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Predicted data on this observation's grid.

@@ -66,7 +66,43 @@ def _as_cube(array, name: str) -> np.ndarray:
     return arr
 
 
-class Observation(eqx.Module):
+class FramedData:
+    """Views shared by the observation containers: the data's frame and renderer.
+
+    A mixin for :class:`Observation` and :class:`~mobs_ppl.CorrelatedObservation`,
+    which both hold ``frame``, ``name`` and ``renderer`` fields.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the data."""
+        return self.frame.shape
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Band names."""
+        return self.frame.channels
+
+    @property
+    def wcs(self):
+        """Celestial WCS of the data (or ``None``)."""
+        return self.frame.wcs
+
+    @property
+    def psf(self):
+        """PSF images ``(1 or channels, h, w)`` on the data grid (or ``None``)."""
+        return self.frame.psf
+
+    def _require_renderer(self) -> Renderer:
+        if self.renderer is None:
+            raise ValueError(
+                f"observation {self.name!r} is not bound to a model frame: call "
+                "obs = obs.match(frame) first"
+            )
+        return self.renderer
+
+
+class Observation(FramedData, eqx.Module):
     """Image data of one instrument, with noise, PSF and WCS.
 
     Parameters
@@ -152,27 +188,6 @@ class Observation(eqx.Module):
         self.name = name or "observation"
         self.renderer = renderer
 
-    # -- convenience views -------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of the data."""
-        return self.frame.shape
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Band names."""
-        return self.frame.channels
-
-    @property
-    def wcs(self):
-        """Celestial WCS of the data (or ``None``)."""
-        return self.frame.wcs
-
-    @property
-    def psf(self):
-        """PSF images ``(1 or channels, h, w)`` (or ``None``)."""
-        return self.frame.psf
-
     # -- forward model -------------------------------------------------------------------
     def match(self, frame: Frame) -> Observation:
         """Bind this observation to a model frame.
@@ -192,14 +207,6 @@ class Observation(eqx.Module):
         """
         renderer = build_renderer(self.frame, frame)
         return eqx.tree_at(lambda o: o.renderer, self, renderer, is_leaf=lambda x: x is None)
-
-    def _require_renderer(self) -> Renderer:
-        if self.renderer is None:
-            raise ValueError(
-                f"observation {self.name!r} is not bound to a model frame: call "
-                "obs = obs.match(frame) first"
-            )
-        return self.renderer
 
     def render(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Predicted data for a model cube.
