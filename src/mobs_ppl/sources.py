@@ -54,6 +54,11 @@ def sersic_b(n):
     return b
 
 
+def _origin_of(center, box_shape):
+    """Box origin of a concrete centre; ``None`` while the centre is traced (under jit)."""
+    return _box_origin(center, box_shape) if isinstance(center, jax.Array) else None
+
+
 def _box_origin(center, shape) -> tuple[int, int]:
     center = np.asarray(center, float)
     return (int(np.round(center[0])) - shape[0] // 2, int(np.round(center[1])) - shape[1] // 2)
@@ -156,11 +161,7 @@ class Source(AbstractSource):
         self.center = _center_value(center)
         self.morphology = jnp.asarray(morph)
         self.box_shape = morph.shape
-        self._origin = (
-            None
-            if not isinstance(self.center, jax.Array)
-            else _box_origin(self.center, morph.shape)
-        )
+        self._origin = _origin_of(self.center, morph.shape)
 
     def parameters(self):
         return {"morphology": self.morphology}
@@ -279,9 +280,7 @@ def _init_parametric(self, center, spectrum, radius, ellipticity, box_size, over
     self.shape_param = jnp.asarray(g / np.sqrt(1 - np.sum(g**2)))
     size = int(box_size) if box_size is not None else 2 * int(np.ceil(reach * radius)) + 1
     self.box_shape = (size, size)
-    self._origin = (
-        None if not isinstance(self.center, jax.Array) else _box_origin(self.center, self.box_shape)
-    )
+    self._origin = _origin_of(self.center, self.box_shape)
     self.oversample = int(oversample)
 
 
@@ -415,11 +414,7 @@ class PointSource(AbstractSource):
         self.spectrum = _check_spectrum(spectrum)
         self.center = _center_value(center)
         self.box_shape = (int(box_size), int(box_size))
-        self._origin = (
-            None
-            if not isinstance(self.center, jax.Array)
-            else _box_origin(self.center, self.box_shape)
-        )
+        self._origin = _origin_of(self.center, self.box_shape)
 
     def parameters(self):
         return {"center": self.center}
