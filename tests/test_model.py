@@ -440,6 +440,46 @@ def test_pixel_shift_scale(field):
     np.testing.assert_allclose(arcsec.shift_scales, (0.08 / HST_SCALE,), rtol=1e-6)
 
 
+def test_wrapping_program_adds_its_own_site(model, fit):
+    """A hierarchical prior: the user's own site sets the scale of the spectrum prior."""
+    shape = fit.params["spectrum"].shape
+
+    def hierarchical():
+        scale = numpyro.sample("flux_scale", dist.LogNormal(jnp.log(30.0), 1.0))
+        return model(priors={"spectrum": dist.HalfNormal(scale * jnp.ones(shape))})
+
+    trace = _trace(hierarchical)
+    assert trace["flux_scale"]["type"] == "sample"
+    assert {"spectrum", "shift", "obs_HST", "obs_HSC"} <= set(trace)
+    # the joint density is the model's with the spectrum prior swapped, plus the new site
+    params = {**fit.params, "flux_scale": jnp.asarray(20.0)}
+    joint, _ = log_density(hierarchical, (), {}, params)
+    base, _ = log_density(model, (), {}, fit.params)
+    spectrum = fit.params["spectrum"]
+    default = model.default_priors()["spectrum"]
+    expected = (
+        base
+        - default.log_prob(spectrum).sum()
+        + dist.HalfNormal(20.0).log_prob(spectrum).sum()
+        + dist.LogNormal(jnp.log(30.0), 1.0).log_prob(20.0)
+    )
+    np.testing.assert_allclose(joint, expected, rtol=1e-12)
+    # plain NumPyro inference runs on the wrapped program
+    guide = numpyro.infer.autoguide.AutoDelta(
+        hierarchical, init_loc_fn=init_to_value(values=params)
+    )
+    svi = SVI(hierarchical, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+    result = svi.run(jax.random.PRNGKey(0), 30, progress_bar=False)
+    assert np.all(np.isfinite(result.losses)) and result.losses[-1] < result.losses[0]
+
+
+def test_call_time_prior_is_checked(model):
+    with pytest.raises(ValueError, match="support"):
+        _trace(functools.partial(model, priors={"spectrum": dist.Normal(0.0, 1.0)}))
+    with pytest.raises(ValueError, match="unknown site"):
+        _trace(functools.partial(model, priors={"fluxes": dist.HalfNormal(1.0)}))
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import astropy.units as u
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -142,6 +143,14 @@ def _base_constraint(c):
     return c
 
 
+def _holds(condition) -> bool:
+    """``bool(all(condition))``; ``True`` when it depends on traced values (unknowable)."""
+    try:
+        return bool(jnp.all(condition))
+    except jax.errors.ConcretizationTypeError:
+        return True
+
+
 def _support_ok(prior: dist.Distribution, default: dist.Distribution) -> bool:
     """Whether ``prior``'s support lies inside ``default``'s (same kind of set)."""
     p, d = _base_constraint(prior.support), _base_constraint(default.support)
@@ -150,15 +159,13 @@ def _support_ok(prior: dist.Distribution, default: dist.Distribution) -> bool:
     if d in (constraints.positive,):
         return (
             p in (constraints.positive, constraints.nonnegative)
-            or (isinstance(p, constraints.interval) and float(jnp.min(p.lower_bound)) >= 0)
+            or (isinstance(p, constraints.interval) and _holds(p.lower_bound >= 0))
             or isinstance(p, type(constraints.positive))
         )
     if isinstance(d, constraints.interval):
         if not isinstance(p, constraints.interval):
             return False
-        return bool(
-            jnp.all(p.lower_bound >= d.lower_bound) and jnp.all(p.upper_bound <= d.upper_bound)
-        )
+        return _holds((p.lower_bound >= d.lower_bound) & (p.upper_bound <= d.upper_bound))
     return type(p) is type(d)
 
 
@@ -255,15 +262,26 @@ class SceneModel(eqx.Module):
         self.priors = self._check_priors(dict(priors or {}))
 
     # -- the NumPyro program ------------------------------------------------------------
-    def __call__(self, observed: bool = True):
-        """Run the NumPyro model (see :func:`scene_model`)."""
+    def __call__(self, observed: bool = True, priors: Mapping | None = None):
+        """Run the NumPyro model (see :func:`scene_model`).
+
+        Parameters
+        ----------
+        observed : bool
+            Condition on the data (``False`` draws images).
+        priors : mapping, optional
+            Priors replacing the model's for this call, by site name. This is how a
+            wrapping NumPyro program adds its own sites: sample a hyper-parameter, then
+            call the model with priors that depend on it (see ``docs/inference.md``).
+        """
+        merged = self.priors if priors is None else {**self.priors, **self._check_priors(priors)}
         return scene_model(
             self.scene,
             self.observations,
             self.shift_names,
             self.shift_scales,
             self.to_native,
-            self.priors,
+            merged,
             self.pixel_scale_arcsec,
             observed,
         )
