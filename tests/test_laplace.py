@@ -207,3 +207,18 @@ def test_sample_with_the_laplace_metric_matches_the_dense_errors(problem):
     np.testing.assert_allclose(sd, reference, rtol=0.08)
     steps = np.asarray(post.mcmc.get_extra_fields()["num_steps"])
     assert np.median(steps) <= 7  # a well-scaled 2-d Gaussian: trees of depth <= 2-3
+
+
+def test_sample_from_a_point_that_is_not_a_mode_warns_and_adapts(problem):
+    low = {"spectrum": np.array([[0.4], [0.15]])}  # negative curvature (see above)
+    with pytest.warns(mp.MobsPplWarning, match="not a mode"):
+        post = mp.sample(
+            problem["model"],
+            init=low,
+            sites=["spectrum"],
+            num_warmup=100,
+            num_samples=50,
+            num_chains=1,
+            seed=0,
+        )
+    assert np.all(np.isfinite(np.asarray(post.samples()["flux"])))

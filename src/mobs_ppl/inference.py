@@ -8,6 +8,7 @@ objects that keep the raw NumPyro objects (``svi_state``, ``guide``, ``mcmc``) r
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -19,6 +20,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_value
 
+from ._warnings import MobsPplWarning
 from .laplace import start_inverse_mass_matrix, unconstrained_problem
 from .model import SceneModel
 from .sites import split_sites, start_values
@@ -305,7 +307,9 @@ def sample(
         log density at the start point (the Laplace covariance at the MAP, dense or
         its diagonal), held fixed while the step size adapts; posterior widths that
         differ by orders of magnitude (log fluxes of bright and faint sources) then
-        cost nothing from the first warm-up step. ``"laplace+adapt"``: start from it
+        cost nothing from the first warm-up step. If the start is not a mode (the
+        Hessian is not positive definite), a ``MobsPplWarning`` says so and the metric
+        is adapted as with ``"laplace+adapt"``. ``"laplace+adapt"``: start from it
         and let NumPyro's windowed adaptation re-estimate it from the warm-up draws.
         ``"adapt"``: NumPyro's default (identity, then windowed adaptation).
     progress_bar : bool
@@ -318,16 +322,27 @@ def sample(
     start, fixed = split_sites(model, init, sites)
     conditioned = numpyro.handlers.condition(model, data=fixed)
     inverse_mass = None
+    adapt = mass_matrix != "laplace"
     if mass_matrix != "adapt":
         problem = unconstrained_problem(model, start, fixed, seed)
-        inverse_mass = start_inverse_mass_matrix(problem, dense=bool(dense_mass))
+        inverse_mass, at_mode = start_inverse_mass_matrix(problem, dense=bool(dense_mass))
+        if not at_mode and not adapt:
+            warnings.warn(
+                "the start is not a mode of the sampled sites (the Hessian of the negative "
+                "log density is not positive definite there): the metric will be adapted "
+                "during warm-up (mass_matrix='laplace+adapt'); fit the MAP to convergence "
+                "to sample with the Laplace metric",
+                MobsPplWarning,
+                stacklevel=2,
+            )
+            adapt = True
     kernel = NUTS(
         conditioned,
         init_strategy=init_to_value(values=start),
         dense_mass=dense_mass,
         target_accept_prob=target_accept_prob,
         inverse_mass_matrix=inverse_mass,
-        adapt_mass_matrix=mass_matrix != "laplace",
+        adapt_mass_matrix=adapt,
     )
     mcmc = MCMC(
         kernel,

@@ -189,7 +189,17 @@ def laplace(
     )
 
 
-def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> jnp.ndarray:
-    """NUTS inverse mass matrix from the curvature at the start point (dense or diagonal)."""
-    cov = inverse_metric(hessian(problem.potential, problem.location))
-    return jnp.asarray(cov if dense else np.diag(cov))
+def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> tuple:
+    """NUTS inverse mass matrix from the curvature at the start point.
+
+    Returns
+    -------
+    matrix : jax.Array
+        The positive-definite inverse of the Hessian (dense) or its diagonal.
+    at_mode : bool
+        Whether the Hessian is positive definite (the start is a local mode).
+    """
+    hess = hessian(problem.potential, problem.location)
+    cov = inverse_metric(hess)
+    at_mode = bool(np.linalg.eigvalsh(hess).min() > 0)
+    return jnp.asarray(cov if dense else np.diag(cov)), at_mode
