@@ -22,6 +22,19 @@ morphology shared by all bands cannot follow). 2000 iterations (0.036 vs 0.039),
 frame covering only the intersection of the two images, give the same picture. The test
 therefore checks that the shift helps, not the factor 2, and prints every number.
 
+Why not 2x (measured with scratch fits, 1000 MAP steps each): the dipole is dominated by
+the g band in both fits (0.027 of the 0.042 with the shift, 0.029 of 0.046 without),
+so even a perfect i, z, y would leave the ratio <= 1.25; the i+z+y part alone shrinks
+only 1.16x. It is the fit *with* the shift whose brightest morphology moves (its centroid
+by about minus the fitted shift), making the HST residual dipole worse (0.23 -> 0.93 in
+HST pixels): one morphology shared by all bands lets the shift absorb colour gradients.
+An independent estimate (the HST image itself rendered into HSC pixels, least-squares
+shift per band) gives (+0.10, +0.17) native HSC pixels from i+z+y and a shift that
+shrinks from g (0.25, 0.50) to y (-0.02, 0.08), i.e. chromatic; the joint fit's x
+component (-0.36) has the other sign and returns there when started at the independent
+value. Smaller boxes, symmetry or monotonicity priors on the morphologies, and modelling
+the HSC-edge galaxy below change the ratio to 0.99-1.15.
+
 HSC chi2 per dof is ~1 in g but 5-11 in i, z and y: almost all of it comes from a galaxy
 on the bottom edge of the HSC image (row 49), outside the HST image, so never detected
 and not in the model; near the brightest galaxy chi2 per pixel is ~1 in every band.
