@@ -24,7 +24,7 @@ from astropy.wcs import WCS
 
 import mobs_ppl as mp
 from mobs_ppl.curvature import hessian, inverse_metric
-from mobs_ppl.laplace import unconstrained_problem
+from mobs_ppl.laplace_approximation import unconstrained_problem
 from mobs_ppl.psf import gaussian_psf
 
 N = 24
@@ -222,3 +222,19 @@ def test_sample_from_a_point_that_is_not_a_mode_warns_and_adapts(problem):
             seed=0,
         )
     assert np.all(np.isfinite(np.asarray(post.samples()["flux"])))
+
+
+def test_many_parameters_use_the_hessian_diagonal(problem, monkeypatch):
+    """Above MAX_DENSE_PARAMETERS the diagonal metric is 1 / diag(H), in linear memory."""
+    from mobs_ppl import laplace_approximation as laplace_module
+
+    model = problem["model"]
+    z = np.log([3.0, 2.0])
+    unconstrained = unconstrained_problem(model, {"spectrum": np.exp(z)[:, None]}, _fixed(model))
+    exact = _exact_hessian(problem, z)
+    monkeypatch.setattr(laplace_module, "MAX_DENSE_PARAMETERS", 1)
+    metric, at_mode = laplace_module.start_inverse_mass_matrix(unconstrained, dense=False)
+    np.testing.assert_allclose(metric, 1.0 / np.diag(exact), rtol=1e-9)
+    assert at_mode
+    with pytest.raises(ValueError, match="dense mass matrix over 2 parameters"):
+        laplace_module.start_inverse_mass_matrix(unconstrained, dense=True)

@@ -19,7 +19,7 @@ from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .frame import Frame, relative_jacobian
 from .inference import MAPResult, PosteriorResult, fit_map, sample
-from .laplace import LaplaceApproximation, laplace
+from .laplace_approximation import LaplaceApproximation, laplace
 from .likelihood import gaussian_log_likelihood
 from .model import SceneModel, scene_model
 from .noise import StationaryNoise

@@ -1,6 +1,6 @@
 """Curvature of a scalar function of a flat parameter vector: Hessians and metrics.
 
-Pure functions used by the Laplace approximation (:mod:`mobs_ppl.laplace`) and by
+Pure functions used by the Laplace approximation (:mod:`mobs_ppl.laplace_approximation`) and by
 :func:`mobs_ppl.sample` to start NUTS with a mass matrix fitted to the posterior.
 """
 
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["hessian", "inverse_metric"]
+__all__ = ["hessian", "hessian_diagonal", "inverse_metric"]
 
 
 def _exact_hessian(fn: Callable, x: jnp.ndarray, batch_size: int) -> np.ndarray:
@@ -80,6 +80,38 @@ def hessian(
     if not np.all(np.isfinite(h)):
         raise FloatingPointError("the Hessian has non-finite entries at this point")
     return 0.5 * (h + h.T)
+
+
+def hessian_diagonal(
+    fn: Callable[[jnp.ndarray], jnp.ndarray], x, batch_size: int = 8, rel_step: float = 1e-5
+) -> np.ndarray:
+    """Diagonal of the Hessian of a scalar function, in memory linear in ``x.size``.
+
+    Each entry is one Hessian-vector product along a coordinate axis (exact, or a
+    central difference of the gradient where JAX has no second derivative, as in
+    :func:`hessian`); only the diagonal element of each column is kept.
+    """
+    x = jnp.asarray(x)
+    grad = jax.grad(fn)
+
+    def exact(i):
+        e = jnp.zeros_like(x).at[i].set(1.0)
+        return jax.jvp(grad, (x,), (e,))[1][i]
+
+    def difference(i):
+        step = rel_step * jnp.maximum(jnp.abs(x[i]), 1.0)
+        e = jnp.zeros_like(x).at[i].set(step)
+        return (grad(x + e)[i] - grad(x - e)[i]) / (2 * step)
+
+    indices = jnp.arange(x.size)
+    try:
+        diag = jax.jit(lambda i: jax.lax.map(exact, i, batch_size=batch_size))(indices)
+    except NotImplementedError:
+        diag = jax.jit(lambda i: jax.lax.map(difference, i, batch_size=batch_size))(indices)
+    diag = np.asarray(diag)
+    if not np.all(np.isfinite(diag)):
+        raise FloatingPointError("the Hessian has non-finite entries at this point")
+    return diag
 
 
 def inverse_metric(hess: np.ndarray, floor: float = 1e-10) -> np.ndarray:

@@ -21,7 +21,7 @@ from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_value
 
 from ._warnings import MobsPplWarning
-from .laplace import start_inverse_mass_matrix, unconstrained_problem
+from .laplace_approximation import start_inverse_mass_matrix, unconstrained_problem
 from .model import SceneModel
 from .sites import split_sites, start_values
 

@@ -27,7 +27,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
 from ._warnings import MobsPplWarning
-from .curvature import hessian, inverse_metric
+from .curvature import hessian, hessian_diagonal, inverse_metric
 from .model import SceneModel
 from .sites import split_sites
 
@@ -189,16 +189,41 @@ def laplace(
     )
 
 
+#: Largest number of sampled parameters for which :func:`mobs_ppl.sample` builds the
+#: full Hessian; above it a diagonal metric comes from the Hessian's diagonal alone.
+MAX_DENSE_PARAMETERS = 3000
+
+
 def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> tuple:
     """NUTS inverse mass matrix from the curvature at the start point.
+
+    With ``dense`` (or few parameters) the full Hessian is inverted; otherwise, for more
+    than :data:`MAX_DENSE_PARAMETERS` parameters (non-parametric morphologies), the
+    diagonal metric is the inverse of the Hessian's diagonal, computed in linear memory.
 
     Returns
     -------
     matrix : jax.Array
-        The positive-definite inverse of the Hessian (dense) or its diagonal.
+        The positive-definite inverse of the Hessian (dense) or a diagonal metric.
     at_mode : bool
-        Whether the Hessian is positive definite (the start is a local mode).
+        Whether the curvature is positive (definite) there, as at a local mode.
+
+    Raises
+    ------
+    ValueError
+        For a dense metric over more than :data:`MAX_DENSE_PARAMETERS` parameters.
     """
+    n = problem.location.size
+    if n > MAX_DENSE_PARAMETERS:
+        if dense:
+            raise ValueError(
+                f"a dense mass matrix over {n} parameters is too large (at most "
+                f"{MAX_DENSE_PARAMETERS}): sample fewer sites or use dense_mass=False"
+            )
+        diag = hessian_diagonal(problem.potential, problem.location)
+        magnitude = np.abs(diag)
+        floor = 1e-10 * magnitude.max() if magnitude.max() > 0 else 1.0
+        return jnp.asarray(1.0 / np.maximum(magnitude, floor)), bool(diag.min() > 0)
     hess = hessian(problem.potential, problem.location)
     cov = inverse_metric(hess)
     at_mode = bool(np.linalg.eigvalsh(hess).min() > 0)
