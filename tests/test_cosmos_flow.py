@@ -65,6 +65,8 @@ and not in the model; near the brightest galaxy chi2 per pixel is ~1 in every ba
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import time
 
 import astropy.units as u
@@ -73,6 +75,9 @@ import pytest
 from scipy import ndimage
 
 import mobs_ppl as mp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from residuals import dipole_noise_floor, residual_dipole  # noqa: E402
 
 pytestmark = pytest.mark.data
 
@@ -108,30 +113,6 @@ def test_hst_detections_cover_the_hsc_galaxies(cosmos):
         assert separation.min() < 0.5
 
 
-def _dipole(hsc, prediction, centre):
-    """Residual dipole ``D`` (see the module docstring) and its per-band vectors."""
-    yy, xx = np.indices(hsc.shape[1:], dtype=float)
-    dy, dx = yy - centre[0], xx - centre[1]
-    inside = dy**2 + dx**2 <= DIPOLE_RADIUS**2
-    residual = np.asarray(hsc.data) - prediction
-    vectors = np.array([[(r * dy)[inside].sum(), (r * dx)[inside].sum()] for r in residual])
-    total = np.abs(prediction[:, inside]).sum()
-    per_band = vectors / np.abs(prediction[:, inside]).sum(axis=1)[:, None]
-    return float(np.hypot(*vectors.T).sum() / total), per_band
-
-
-def _noise_floor(hsc, centre):
-    """Expected ``D`` of a residual that is pure noise (independent pixels, weights)."""
-    yy, xx = np.indices(hsc.shape[1:], dtype=float)
-    dy, dx = yy - centre[0], xx - centre[1]
-    inside = dy**2 + dx**2 <= DIPOLE_RADIUS**2
-    variance = 1.0 / np.asarray(hsc.weights)[:, inside]
-    # each band's dipole vector has independent components of this sd; E|v| of a 2-d
-    # isotropic normal vector is sd * sqrt(pi / 2)
-    sd = np.sqrt(0.5 * (variance * (dy[inside] ** 2 + dx[inside] ** 2)).sum(axis=1))
-    return float(np.sqrt(np.pi / 2) * sd.sum() / np.abs(np.asarray(hsc.data)[:, inside]).sum())
-
-
 @pytest.mark.slow
 def test_fit_with_hsc_shift(cosmos):
     hst, hsc = cosmos
@@ -152,7 +133,8 @@ def test_fit_with_hsc_shift(cosmos):
 
     hsc_native = hsc.match(frame)
     centre = _hsc_peaks(hsc, 1)[0]
-    dipoles = {"initial": _dipole(hsc, np.asarray(hsc_native.render(scene.render())), centre)}
+    initial = np.asarray(hsc_native.render(scene.render()))
+    dipoles = {"initial": residual_dipole(hsc, initial, centre, DIPOLE_RADIUS)}
     fits, native_shift, chi2 = {}, {}, {}
     for key, shifts in (("shift", {"HSC": 0.1 * u.arcsec}), ("no shift", None)):
         model = mp.SceneModel(scene, [hst_c, hsc_c], shifts=shifts)
@@ -165,7 +147,7 @@ def test_fit_with_hsc_shift(cosmos):
             native = mp.frame.relative_jacobian(hsc_c.frame, hsc.frame) @ fit.shift("HSC")
         prediction = np.asarray(hsc_native.render(fit.scene.render(), native))
         fits[key], native_shift[key] = fit, native
-        dipoles[key] = _dipole(hsc, prediction, centre)
+        dipoles[key] = residual_dipole(hsc, prediction, centre, DIPOLE_RADIUS)
         chi2[key] = mp.measure.goodness_of_fit(fit.scene, hsc, shift=native)
         chi2[key].update(mp.measure.goodness_of_fit(fit.scene, hst_c))
 
@@ -180,7 +162,7 @@ def test_fit_with_hsc_shift(cosmos):
         print(f"final loss ({key}): {fits[key].losses[-1]:.1f}")
     for key, (value, per_band) in dipoles.items():
         print(f"dipole ({key}): {value:.4f}; per band (dy, dx):", np.round(per_band, 3).tolist())
-    floor = _noise_floor(hsc, centre)
+    floor = dipole_noise_floor(hsc, centre, DIPOLE_RADIUS)
     print(f"dipole of pure noise: {floor:.4f}")
     ratio = dipoles["no shift"][0] / dipoles["shift"][0]
     print(f"dipole without shift / with shift: {ratio:.2f} (target 2)")

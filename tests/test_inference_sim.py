@@ -21,6 +21,7 @@ import pytest
 import mobs_ppl as mp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from residuals import dipole_noise_floor, residual_dipole  # noqa: E402
 from simulations import (  # noqa: E402
     HSC_SCALE,
     build_model,
@@ -105,6 +106,43 @@ def test_map_recovers_the_hsc_shift(sim, fit):
     shift = fit.shift_native("HSC")
     print(f"\nMAP shift {shift.round(4)} HSC px, truth {sim.true_shift}")
     np.testing.assert_array_less(np.abs(shift - sim.true_shift), SHIFT_TOLERANCE)
+
+
+def test_fitted_shift_lowers_the_native_hsc_dipole(sim):
+    """The user flow on the GalSim scene: the shift, carried into native HSC pixels,
+    aligns the model with the data there.
+
+    Non-parametric sources from HST detections, HSC resampled, MAP with and without the
+    HSC shift; the residual dipole (``tests/residuals.py``) around the brightest HSC
+    pixel is measured in the native HSC image, the shift converted with
+    ``relative_jacobian``. Measured: D = 0.0108 without the shift, 0.0056 with it
+    (ratio 1.94; pure noise gives 0.0081), from 0.036 for the initial scene; free
+    morphologies absorb part of the offset when no shift is fitted, hence a bound of
+    1.5 on the ratio. Rendering the same fit with the shift mis-carried gives
+    D = 0.365 (sign flipped), 0.822 (model pixels taken as native) and 0.185 (shift
+    dropped), so the test fails for each of those mistakes.
+    """
+    frame = mp.Frame.from_observations([sim.hst, sim.hsc])
+    hsc_c = mp.CorrelatedObservation.from_observation(sim.hsc, resample_to_frame=frame)
+    scene = mp.init.from_observation(sim.hst, frame, image_type="space")
+    scene = mp.measure.forced_photometry(scene, hsc_c)
+    hsc_native = sim.hsc.match(frame)
+    image = np.asarray(sim.hsc.data).sum(axis=0)
+    centre = np.unravel_index(np.argmax(image), image.shape)
+    dipoles = {}
+    for key, shifts in (("shift", {"HSC": 0.1 * u.arcsec}), ("no shift", None)):
+        model = mp.SceneModel(scene, [sim.hst, hsc_c], shifts=shifts)
+        fit = mp.fit_map(model, max_iter=1000, e_rel=MAP_E_REL)
+        native = None
+        if shifts:
+            native = mp.frame.relative_jacobian(hsc_c.frame, sim.hsc.frame) @ fit.shift("HSC")
+            np.testing.assert_array_less(np.abs(native - sim.true_shift), SHIFT_TOLERANCE)
+        prediction = np.asarray(hsc_native.render(fit.scene.render(), native))
+        dipoles[key] = residual_dipole(sim.hsc, prediction, centre)[0]
+    floor = dipole_noise_floor(sim.hsc, centre)
+    print(f"\ndipoles {dipoles}, noise floor {floor:.4f}")
+    assert dipoles["no shift"] > 1.5 * dipoles["shift"]
+    assert dipoles["shift"] < 2.0 * floor
 
 
 def test_posterior_covers_shift_and_fluxes(sim, laplace):
