@@ -171,6 +171,37 @@ def test_forced_photometry_plain_observation_equals_dense_wls(shift):
     assert np.all(np.abs(amplitudes - truth) < 5 * sigma)
 
 
+def test_forced_photometry_leaves_a_source_outside_the_observation_alone():
+    """A fourth source far outside the coarse field: warned about and kept as it is; the
+    three others get the dense solve of their own three-column design."""
+    frame, _, coarse = _frame(fine_n=96)
+    scene = _scene(frame)
+    weights = np.random.default_rng(7).uniform(5.0, 50.0, coarse.shape)
+    obs = _simulate(coarse, weights, scene, seed=3)[0]
+    design = _templates(scene, obs.match(frame))
+    amplitudes, covariance = _gls(
+        design, [np.diag(w) for w in weights.reshape(3, -1)], np.asarray(obs.data).reshape(3, -1)
+    )
+    outside = mp.PointSource((6.0, 6.0), [1.0, 2.0, 3.0, 4.0], box_size=5)
+    start = scene.replace_sources([s.with_spectrum(np.ones(4)) for s in scene.sources] + [outside])
+    with pytest.warns(mp.MobsPplWarning, match=r"sources \[3\] fall outside"):
+        fitted, got, got_covariance = mp.measure.forced_photometry(
+            start, obs, return_covariance=True
+        )
+    np.testing.assert_allclose(got[:3], amplitudes, rtol=RTOL)
+    assert np.all(np.isnan(got[3])) and np.all(np.isnan(got_covariance[9:]))
+    np.testing.assert_allclose(got_covariance[:9, :9], covariance, rtol=RTOL)
+    np.testing.assert_array_equal(np.asarray(fitted.sources[3].spectrum), [1.0, 2.0, 3.0, 4.0])
+
+
+def test_forced_photometry_refuses_an_observation_that_sees_no_source():
+    frame, _, coarse = _frame(fine_n=96)
+    obs = _simulate(coarse, 10.0, _scene(frame), seed=4)[0]
+    lonely = mp.Scene(frame, [mp.PointSource((6.0, 6.0), [1.0, 2.0, 3.0, 4.0], box_size=5)])
+    with pytest.raises(ValueError, match="no source of the scene falls on"):
+        mp.measure.forced_photometry(lonely, obs)
+
+
 def test_forced_photometry_resampled_observation_equals_native_dense_wls():
     scene = _scene()
     obs = _coarse_observation(seed=2)

@@ -1,9 +1,14 @@
-"""Initial scenes from data: one non-parametric source per detection or catalogue entry."""
+"""Initial scenes: one non-parametric source per detection or catalogue entry.
+
+From one observation (:func:`from_observation`) or from joint detection in several
+(:func:`from_observations`).
+"""
 
 from __future__ import annotations
 
 import warnings
 
+import astropy.units as u
 import numpy as np
 from scipy import ndimage
 
@@ -16,7 +21,7 @@ from .psf import psf_sigma
 from .scene import Scene
 from .sources import Source
 
-__all__ = ["from_observation"]
+__all__ = ["from_observation", "from_observations"]
 
 #: Morphology values are kept this far inside (0, 1), the support of their prior.
 MORPHOLOGY_MARGIN = 1e-4
@@ -81,6 +86,77 @@ def _morphology(image, footprint, own, center_obs, observation, frame, growth, m
     return np.clip(values / peak, MORPHOLOGY_MARGIN, 1 - MORPHOLOGY_MARGIN), (cy, cx)
 
 
+def _entries(observation, frame, catalog, image_type, n_sigma, min_area, split_peaks):
+    """``(center, footprint, own)`` in the observation's pixels, one per source to make."""
+    detections = detect_sources(observation, image_type, n_sigma, min_area, split_peaks=split_peaks)
+    if catalog is None:
+        if not detections:
+            raise ValueError(
+                f"no sources detected in {observation.name!r} at {n_sigma} sigma; lower "
+                "n_sigma, or give a catalog"
+            )
+        return [(d.center, d.footprint, d.own) for d in detections]
+    cat_y, cat_x = _catalog_pixels(catalog, observation, frame)
+    radius = max(2.0 * _psf_width(observation), 2.0)
+    entries = []
+    for y, x in zip(cat_y, cat_x, strict=True):
+        near = [d for d in detections if np.hypot(d.center[0] - y, d.center[1] - x) <= radius]
+        if near:
+            best = min(near, key=lambda d: np.hypot(d.center[0] - y, d.center[1] - x))
+            footprint, own = best.footprint, best.own
+        else:
+            yy, xx = np.indices(observation.shape[1:])
+            footprint = own = (yy - y) ** 2 + (xx - x) ** 2 <= (2 * radius) ** 2
+        entries.append(((float(y), float(x)), footprint, own))
+    return entries
+
+
+def _psf_width(observation) -> float:
+    """Gaussian-equivalent PSF width, the observation's pixels (1 without a PSF)."""
+    return psf_sigma(np.asarray(observation.psf)) if observation.psf is not None else 1.0
+
+
+def _make_sources(entries, observation, frame, box_growth, min_box) -> list[Source]:
+    image = detection_image(observation)
+    sources = []
+    for center_obs, footprint, own in entries:
+        morph, center = _morphology(
+            image, footprint, own, center_obs, observation, frame, box_growth, min_box
+        )
+        sources.append(Source(np.array(center), np.ones(frame.n_channels), morph))
+    return sources
+
+
+def _measure_spectra(scene: Scene, observations) -> Scene:
+    """Spectra by forced photometry in every observation, in turn.
+
+    Each observation fills its own channels of the sources it sees; channels that no
+    observation measured for a source get a small positive placeholder, 1e-3 of the
+    channel's median measured amplitude (of all measured amplitudes for a channel no
+    observation has), because spectra must stay positive.
+    """
+    measured = np.zeros((len(scene.sources), scene.frame.n_channels), bool)
+    for observation in observations:
+        mapping = scene.frame.map_channels(observation.frame)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MobsPplWarning)
+            scene, amplitudes, _ = forced_photometry(scene, observation, return_covariance=True)
+        seen = np.all(np.isfinite(amplitudes), axis=1)
+        measured[np.ix_(seen, list(mapping))] = True
+    spectra = np.stack([np.asarray(s.spectrum) for s in scene.sources])
+    if np.all(measured):
+        return scene
+    overall = np.median(spectra[measured])
+    placeholder = [
+        1e-3 * (np.median(column[seen]) if np.any(seen) else overall)
+        for column, seen in zip(spectra.T, measured.T, strict=True)
+    ]
+    spectra = np.where(measured, spectra, np.array(placeholder)[None, :])
+    return scene.replace_sources(
+        [s.with_spectrum(spectrum) for s, spectrum in zip(scene.sources, spectra, strict=True)]
+    )
+
+
 def from_observation(
     observation,
     frame: Frame,
@@ -121,51 +197,99 @@ def from_observation(
         strictly inside (0, 1)), spectra from forced photometry in the observation's
         channels and a small positive placeholder in the frame's other channels
         (fill those with :func:`mobs_ppl.measure.forced_photometry`).
+
+    See Also
+    --------
+    from_observations : sources from several observations (those only coarser data see).
     """
-    detections = detect_sources(observation, image_type, n_sigma, min_area, split_peaks=split_peaks)
-    image = detection_image(observation)
-    if catalog is not None:
-        cat_y, cat_x = _catalog_pixels(catalog, observation, frame)
-        width = psf_sigma(np.asarray(observation.psf)) if observation.psf is not None else 1.0
-        radius = max(2.0 * width, 2.0)
-        entries = []
-        for y, x in zip(cat_y, cat_x, strict=True):
-            near = [d for d in detections if np.hypot(d.center[0] - y, d.center[1] - x) <= radius]
-            if near:
-                best = min(near, key=lambda d: np.hypot(d.center[0] - y, d.center[1] - x))
-                footprint, own = best.footprint, best.own
-            else:
-                yy, xx = np.indices(image.shape)
-                footprint = own = (yy - y) ** 2 + (xx - x) ** 2 <= (2 * radius) ** 2
-            entries.append(((float(y), float(x)), footprint, own))
-    else:
-        if not detections:
-            raise ValueError(
-                f"no sources detected in {observation.name!r} at {n_sigma} sigma; lower "
-                "n_sigma, or give a catalog"
-            )
-        entries = [(d.center, d.footprint, d.own) for d in detections]
-    sources = []
-    channels = frame.n_channels
-    for center_obs, footprint, own in entries:
-        morph, center = _morphology(
-            image, footprint, own, center_obs, observation, frame, box_growth, min_box
+    entries = _entries(observation, frame, catalog, image_type, n_sigma, min_area, split_peaks)
+    sources = _make_sources(entries, observation, frame, box_growth, min_box)
+    return _measure_spectra(Scene(frame, sources), [observation])
+
+
+def from_observations(
+    observations,
+    frame: Frame,
+    image_types,
+    catalog=None,
+    match_radius=None,
+    n_sigma: float = 5.0,
+    min_area: int = 4,
+    split_peaks: bool = False,
+    box_growth: float = 1.5,
+    min_box: int = 11,
+) -> Scene:
+    """A scene from joint detection in several observations.
+
+    The first observation (typically the sharpest) gives the sources as in
+    :func:`from_observation`; each later one adds the sources it detects farther than
+    ``match_radius`` from every source so far -- galaxies outside the first image, or
+    too faint or too diffuse in it -- with morphologies from its own image. Spectra come
+    from forced photometry in every observation (each fills its own channels, blended
+    sources solved together); a source an observation does not see keeps a small
+    positive placeholder there.
+
+    Parameters
+    ----------
+    observations : sequence of Observation or CorrelatedObservation
+        Data to detect on; native (not resampled) observations detect best.
+    frame : Frame
+        The model frame.
+    image_types : str or sequence of {"space", "ground"}
+        Wavelet scales of each observation's detection (one value for all, or one per
+        observation), e.g. ``["space", "ground"]`` for HST then HSC.
+    catalog : SkyCoord, optional
+        Known positions, used on the first observation (see :func:`from_observation`).
+    match_radius : astropy Quantity (angle), optional
+        A later detection within this distance of an existing source is the same
+        source. Default: two PSF widths (Gaussian sigma) of that later observation.
+    n_sigma, min_area, split_peaks, box_growth, min_box :
+        As in :func:`from_observation`, for every observation.
+
+    Returns
+    -------
+    Scene
+        The first observation's sources, then the added ones in observation order.
+    """
+    observations = list(observations)
+    if not observations:
+        raise ValueError("from_observations needs at least one observation")
+    if isinstance(image_types, str):
+        image_types = [image_types] * len(observations)
+    image_types = list(image_types)
+    if len(image_types) != len(observations):
+        raise ValueError(
+            f"{len(image_types)} image_types for {len(observations)} observations: give one "
+            "per observation, or a single value"
         )
-        sources.append(Source(np.array(center), np.ones(channels), morph))
-    scene = Scene(frame, sources)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MobsPplWarning)
-        scene = forced_photometry(scene, observation)
-    # channels this observation does not see: a small positive placeholder
-    mapping = frame.map_channels(observation.frame)
-    others = [c for c in range(channels) if c not in mapping]
-    if others:
-        known = np.stack([np.asarray(s.spectrum)[list(mapping)] for s in scene.sources])
-        placeholder = 1e-3 * float(np.median(known))
-        replaced = []
-        for s in scene.sources:
-            spectrum = np.asarray(s.spectrum).copy()
-            spectrum[others] = placeholder
-            replaced.append(s.with_spectrum(spectrum))
-        scene = scene.replace_sources(replaced)
-    return scene
+    for observation in observations:
+        if observation.wcs is None:
+            raise ValueError(
+                f"observation {observation.name!r} has no WCS: joint detection places the "
+                "sources of different observations on the sky"
+            )
+    first = observations[0]
+    entries = _entries(first, frame, catalog, image_types[0], n_sigma, min_area, split_peaks)
+    sources = _make_sources(entries, first, frame, box_growth, min_box)
+    _, height, width = frame.shape
+    for observation, image_type in zip(observations[1:], image_types[1:], strict=True):
+        if match_radius is None:
+            scale = observation.frame.pixel_scale.to_value(u.arcsec)
+            radius = 2.0 * _psf_width(observation) * scale
+        else:
+            radius = u.Quantity(match_radius).to_value(u.arcsec)
+        known = frame.pixel_to_sky(*np.array([np.asarray(s.center) for s in sources]).T)
+        detections = detect_sources(
+            observation, image_type, n_sigma, min_area, split_peaks=split_peaks
+        )
+        new = []
+        for d in detections:
+            position = observation.frame.pixel_to_sky(*d.center)
+            if np.min(position.separation(known).to_value(u.arcsec)) <= radius:
+                continue
+            y, x = frame.sky_to_pixel(position)
+            if not (-0.5 <= float(y) < height - 0.5 and -0.5 <= float(x) < width - 0.5):
+                continue
+            new.append((d.center, d.footprint, d.own))
+        sources += _make_sources(new, observation, frame, box_growth, min_box)
+    return _measure_spectra(Scene(frame, sources), observations)

@@ -14,6 +14,26 @@ from .scene import Scene
 
 __all__ = ["forced_photometry", "flux", "centroid", "moments", "goodness_of_fit"]
 
+#: A source is unseen by an observation when less than this fraction of its light lands
+#: in the observation's pixels -- its amplitude there would rest on the faint floor of
+#: its box, not on the galaxy (a galaxy 5 sigma beyond the edge of an image put 6e-4 of
+#: its box's light into it; float32 FFT round-off alone puts ~5e-6 there) -- or when
+#: the information on its amplitude (the diagonal of the negative log-likelihood's
+#: Hessian) is below ``UNSEEN_INFORMATION`` times the largest of the other sources (its
+#: light falls on zero-weight pixels).
+UNSEEN_LIGHT = 1e-2
+UNSEEN_INFORMATION = 1e-10
+
+
+def _light_fractions(obs, templates, model_channels, shift) -> np.ndarray:
+    """Fraction of each source's (unit-spectrum) light that lands in ``obs``'s pixels."""
+    fractions = []
+    for template in templates:
+        cube = jnp.zeros(obs.renderer.model_shape, dtype=template.dtype)
+        rendered = obs.render(cube.at[model_channels].set(template), shift)
+        fractions.append(float(jnp.sum(jnp.abs(rendered)) / jnp.sum(jnp.abs(template))))
+    return np.array(fractions)
+
 
 def _bound(observation, frame):
     renderer = observation.renderer
@@ -57,6 +77,13 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
         ``frame.map_channels``). Amplitudes that come out non-positive (noise) are set
         to 1e-3 of the channel's largest amplitude, with a warning, because spectra
         must stay positive. With ``return_covariance``: ``(scene, amplitudes, cov)``.
+        Sources the observation does not see (their light falls outside it) keep
+        their spectra, with a warning; their amplitudes and covariance rows are NaN.
+
+    Raises
+    ------
+    ValueError
+        If the observation shares no channel with the frame, or sees no source.
     """
     frame = scene.frame
     obs = _bound(observation, frame)
@@ -86,11 +113,33 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
 
     gradient, hessian = normal_equations(zero)
     hessian = 0.5 * (np.asarray(hessian) + np.asarray(hessian).T)
-    amplitudes = -np.linalg.solve(hessian, np.asarray(gradient))
-    covariance = np.linalg.inv(-hessian)
+    # a source whose light falls outside the observation (or on zero-weight pixels) has
+    # no information there: its rows of the Hessian vanish. It is left out of the solve
+    # and keeps its spectrum in these channels.
+    information = -np.diag(hessian).reshape(n_sources, n_channels)
+    seen = _light_fractions(obs, templates, model_channels, shift) > UNSEEN_LIGHT
+    if np.any(seen):
+        seen &= np.all(information > UNSEEN_INFORMATION * information[seen].max(), axis=1)
+    if not np.any(seen):
+        raise ValueError(
+            f"no source of the scene falls on the used pixels of observation {obs.name!r}"
+        )
+    if not np.all(seen):
+        warnings.warn(
+            f"sources {np.nonzero(~seen)[0].tolist()} fall outside observation {obs.name!r} "
+            "(or on zero-weight pixels); their spectra in its channels were left unchanged",
+            MobsPplWarning,
+            stacklevel=2,
+        )
+    keep = np.repeat(seen, n_channels)
+    sub_hessian = hessian[np.ix_(keep, keep)]
+    amplitudes = np.full(n_sources * n_channels, np.nan)
+    amplitudes[keep] = -np.linalg.solve(sub_hessian, np.asarray(gradient)[keep])
+    covariance = np.full((keep.size, keep.size), np.nan)
+    covariance[np.ix_(keep, keep)] = np.linalg.inv(-sub_hessian)
     amplitudes = amplitudes.reshape(n_sources, n_channels)
-    floor = 1e-3 * np.max(np.abs(amplitudes), axis=0, keepdims=True)
-    bad = amplitudes <= 0
+    floor = 1e-3 * np.nanmax(np.abs(amplitudes), axis=0, keepdims=True)
+    bad = seen[:, None] & ~(amplitudes > 0)
     if np.any(bad):
         warnings.warn(
             f"{int(bad.sum())} forced amplitudes were not positive (noise or no signal); "
@@ -102,7 +151,8 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     sources = []
     for s, source in enumerate(scene.sources):
         spectrum = np.asarray(source.spectrum).copy()
-        spectrum[np.asarray(model_channels)] = positive[s]
+        if seen[s]:
+            spectrum[np.asarray(model_channels)] = positive[s]
         sources.append(source.with_spectrum(spectrum))
     out = scene.replace_sources(sources)
     if return_covariance:
