@@ -312,8 +312,10 @@ def sample(
     dense_mass : bool, optional
         Dense mass matrix, for correlated parameters such as blended fluxes. ``None``
         (default): dense up to :data:`~mobs_ppl.laplace_approximation.MAX_DENSE_PARAMETERS`
-        sampled parameters, diagonal above. On COSMOS (spectra and shift of six
-        sources, 38 parameters) a diagonal metric needs ~20x more leapfrog steps.
+        sampled parameters, diagonal above (the dense Laplace metric costs one Hessian).
+        On COSMOS with joint detection (spectra and shift of ten sources, 62
+        parameters, 200 + 200 draws) NUTS took 106 leapfrog steps per draw with the
+        diagonal metric and 66 with the dense one.
     chain_method : {"vectorized", "sequential", "parallel"}
         How chains run (``parallel`` needs one device per chain).
     target_accept_prob : float
