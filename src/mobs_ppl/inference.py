@@ -314,8 +314,8 @@ def sample(
         (default): dense up to :data:`~mobs_ppl.laplace_approximation.MAX_DENSE_PARAMETERS`
         sampled parameters, diagonal above (the dense Laplace metric costs one Hessian).
         On COSMOS with joint detection (spectra and shift of ten sources, 62
-        parameters, 200 + 200 draws) NUTS took 106 leapfrog steps per draw with the
-        diagonal metric and 66 with the dense one.
+        parameters, one chain) NUTS took 106 leapfrog steps per draw with the diagonal
+        metric (100 + 100 draws) and 66 with the dense one (200 + 200 draws).
     chain_method : {"vectorized", "sequential", "parallel"}
         How chains run (``parallel`` needs one device per chain).
     target_accept_prob : float
