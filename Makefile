@@ -2,7 +2,7 @@
 #
 #   make demo   create .venv if needed, then run the packaged demo into results/
 #   make test   create .venv if needed, then run the whole test suite (slow tests included)
-#   make lint   ruff over the sources, tests and benchmarks
+#   make lint   ruff over the sources, tests, benchmarks and tutorials
 #   make bench  run the benchmarks
 #
 # Only `python3` (3.11 or newer) and make are needed on the machine; everything else is
@@ -47,7 +47,7 @@ test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check $(wildcard src tests benchmarks)
+	$(BIN)/ruff check $(wildcard src tests benchmarks tutorials)
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
