@@ -113,9 +113,9 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
 
     gradient, hessian = normal_equations(zero)
     hessian = 0.5 * (np.asarray(hessian) + np.asarray(hessian).T)
-    # a source whose light falls outside the observation (or on zero-weight pixels) has
-    # no information there: its rows of the Hessian vanish. It is left out of the solve
-    # and keeps its spectrum in these channels.
+    # a source with (almost) none of its light in the observation, or none on pixels
+    # with weight, has no information there (see UNSEEN_LIGHT): it is left out of the
+    # solve and keeps its spectrum in these channels.
     information = -np.diag(hessian).reshape(n_sources, n_channels)
     seen = _light_fractions(obs, templates, model_channels, shift) > UNSEEN_LIGHT
     if np.any(seen):
