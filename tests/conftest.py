@@ -17,6 +17,29 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+
+def _stamp_arviz_daily_warning() -> None:
+    """Write ArviZ's once-a-day warning stamp before any worker imports ArviZ.
+
+    ArviZ 0.23 writes ``daily_warning`` in its cache through one fixed temporary file
+    name; two pytest-xdist workers importing it at once on a fresh machine race on that
+    name and one import fails (``FileNotFoundError``). Each worker writes the stamp here
+    through a temporary file of its own, so ArviZ finds today's date and writes nothing.
+    """
+    import datetime
+    import tempfile
+
+    from platformdirs import user_cache_dir
+
+    folder = pathlib.Path(user_cache_dir("arviz", "arviz"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+        f.write(datetime.date.today().isoformat())
+    os.replace(f.name, folder / "daily_warning")
+
+
+_stamp_arviz_daily_warning()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
