@@ -1,4 +1,10 @@
-"""Likelihoods of images as NumPyro distributions (``log_prob`` and ``sample``)."""
+"""Likelihoods of images as NumPyro distributions (``log_prob`` and ``sample``).
+
+Both kinds also give the residual whitened by their noise model
+(``whitened_residual(value)``): a vector ``r`` with ``log_prob(value) = -0.5 |r|^2 +
+const``, the residual vector of the least-squares problem that
+:func:`mobs_ppl.fit_map` solves.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,42 @@ from numpyro.distributions import constraints
 
 from .noise import StationaryNoise
 
-__all__ = ["pixel_normal", "StationaryImageNormal"]
+__all__ = ["PixelNormal", "pixel_normal", "StationaryImageNormal"]
 
 
-def pixel_normal(prediction, weights) -> dist.Distribution:
+class PixelNormal(dist.Normal):
     """Independent Gaussian pixels with inverse variances ``weights`` (zero = masked).
 
     Batch shape is the image shape, so log-likelihoods stay pointwise (one value per
     pixel, zero for masked pixels) and ArviZ's LOO can use them.
+
+    Parameters
+    ----------
+    prediction : jax.Array
+        Mean image.
+    weights : jax.Array
+        Inverse variances, same shape; zero marks a pixel that does not count.
     """
-    used = weights > 0
-    sigma = jnp.where(used, 1.0 / jnp.sqrt(jnp.where(used, weights, 1.0)), 1.0)
-    return dist.Normal(prediction, sigma).mask(used)
+
+    pytree_data_fields = ("weights",)
+
+    def __init__(self, prediction, weights, *, validate_args=None):
+        self.weights = jnp.asarray(weights)
+        used = self.weights > 0
+        sigma = jnp.where(used, 1.0 / jnp.sqrt(jnp.where(used, self.weights, 1.0)), 1.0)
+        super().__init__(prediction, sigma, validate_args=validate_args)
+
+    def log_prob(self, value):
+        return jnp.where(self.weights > 0, super().log_prob(value), 0.0)
+
+    def whitened_residual(self, value) -> jax.Array:
+        """``sqrt(w) (value - prediction)`` (zero where masked)."""
+        return jnp.sqrt(self.weights) * (value - self.loc)
+
+
+def pixel_normal(prediction, weights) -> PixelNormal:
+    """Independent Gaussian pixels with inverse variances ``weights`` (zero = masked)."""
+    return PixelNormal(prediction, weights)
 
 
 class StationaryImageNormal(dist.Distribution):
@@ -64,3 +94,7 @@ class StationaryImageNormal(dist.Distribution):
 
     def log_prob(self, value):
         return self.noise.log_likelihood((value - self.prediction) * self.used)
+
+    def whitened_residual(self, value) -> jax.Array:
+        """The masked residual whitened by the noise covariance (``C^{-1/2} r``)."""
+        return self.noise.whiten((value - self.prediction) * self.used)

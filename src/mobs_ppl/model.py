@@ -6,13 +6,17 @@ the astrometric shift of every named observation, and one observed site per
 observation. :class:`SceneModel` holds its arguments and is the callable users pass to
 NumPyro (``SVI``, ``MCMC``, ``Predictive``, handlers).
 
-Site names and ArviZ dimensions (``i`` is the source index, ``name`` an observation):
+Site names and ArviZ dimensions (``i`` is the index of a scene's source -- a component
+of a galaxy when sources are grouped, see :class:`~mobs_ppl.Scene` -- and ``name`` an
+observation):
 
 ============== ============================== ==================================
 site           shape                          dims
 ============== ============================== ==================================
-spectrum       (sources, channels)            source, channel
-flux           (sources, channels)            source, channel (deterministic)
+spectrum       (components, channels)         component, channel
+flux           (sources, channels)            source, channel (deterministic; the sum
+                                              over the components of each source)
+envelope_i     (6,)                           envelope_param (see mobs_ppl.envelope)
 morphology_i   (h_i, w_i)                     morph_y_i, morph_x_i
 center_i       (2,)                           axis
 radius_i       ()                             (model pixels)
@@ -44,9 +48,11 @@ from numpyro.distributions import constraints
 
 from .correlated import CorrelatedObservation
 from .distributions import StationaryImageNormal, pixel_normal
+from .envelope import ENVELOPE_PARAMETERS
 from .frame import relative_jacobian
 from .observation import Observation
 from .scene import Scene
+from .sources import site_name
 
 __all__ = ["SceneModel", "scene_model", "site_dims"]
 
@@ -81,6 +87,7 @@ def scene_model(
     priors: Mapping[str, dist.Distribution] | None = None,
     pixel_scale_arcsec: float = 1.0,
     observed: bool = True,
+    likelihood: bool = True,
 ):
     """NumPyro model of a scene seen by several observations.
 
@@ -103,26 +110,25 @@ def scene_model(
         Model pixel scale, for the ``shift_arcsec`` site.
     observed : bool
         Condition on the data (``False`` draws images, for prior predictive checks).
+    likelihood : bool
+        ``False`` leaves out the observations (no rendering): the prior alone, with the
+        deterministic sites.
     """
     priors = dict(priors or {})
     frame = scene.frame
     init = jnp.stack([s.spectrum for s in scene.sources])
     spectrum_prior = priors.get("spectrum", dist.HalfNormal(SPECTRUM_PRIOR_FACTOR * init))
     with (
-        numpyro.plate("source", len(scene.sources), dim=-2),
+        numpyro.plate("component", len(scene.sources), dim=-2),
         numpyro.plate("channel", frame.n_channels, dim=-1),
     ):
         spectrum = numpyro.sample("spectrum", spectrum_prior)
     sources = []
     for i, source in enumerate(scene.sources):
-        values = {}
-        for name, prior in source.default_priors().items():
-            site = f"{name}_{i}"
-            values[name] = numpyro.sample(site, priors.get(site, prior))
+        values = source.sample_parameters(i, priors)
         sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
     realised = scene.replace_sources(sources)
     numpyro.deterministic("flux", realised.fluxes())
-    cube = realised.render(convolve=False)
 
     shifts = {}
     if shift_names:
@@ -132,6 +138,9 @@ def scene_model(
         native = jnp.stack([to_native[n] @ shift[k] for k, n in enumerate(shift_names)])
         numpyro.deterministic("shift_native", native)
         shifts = {n: shift[k] for k, n in enumerate(shift_names)}
+    if not likelihood:
+        return
+    cube = realised.render(convolve=False)
     for obs in observations:
         distribution, value = _likelihood(obs, cube, shifts.get(obs.name), to_native[obs.name])
         numpyro.sample(f"obs_{obs.name}", distribution, obs=value if observed else None)
@@ -262,7 +271,9 @@ class SceneModel(eqx.Module):
         self.priors = self._check_priors(dict(priors or {}))
 
     # -- the NumPyro program ------------------------------------------------------------
-    def __call__(self, observed: bool = True, priors: Mapping | None = None):
+    def __call__(
+        self, observed: bool = True, priors: Mapping | None = None, likelihood: bool = True
+    ):
         """Run the NumPyro model (see :func:`scene_model`).
 
         Parameters
@@ -273,6 +284,8 @@ class SceneModel(eqx.Module):
             Priors replacing the model's for this call, by site name. This is how a
             wrapping NumPyro program adds its own sites: sample a hyper-parameter, then
             call the model with priors that depend on it (see ``docs/inference.md``).
+        likelihood : bool
+            ``False`` runs the prior alone (no observation sites, no rendering).
         """
         merged = self.priors if priors is None else {**self.priors, **self._check_priors(priors)}
         return scene_model(
@@ -284,6 +297,7 @@ class SceneModel(eqx.Module):
             merged,
             self.pixel_scale_arcsec,
             observed,
+            likelihood,
         )
 
     # -- site table ----------------------------------------------------------------------
@@ -296,7 +310,7 @@ class SceneModel(eqx.Module):
         }
         for i, source in enumerate(self.scene.sources):
             for name, prior in source.default_priors().items():
-                out[f"{name}_{i}"] = prior
+                out[site_name(name, i)] = prior
         if self.shift_names:
             out["shift"] = dist.Normal(
                 0.0, jnp.asarray(self.shift_scales)[:, None] * jnp.ones((1, 2))
@@ -308,7 +322,7 @@ class SceneModel(eqx.Module):
         values = {"spectrum": jnp.stack([s.spectrum for s in self.scene.sources])}
         for i, source in enumerate(self.scene.sources):
             for name, value in source.parameters().items():
-                values[f"{name}_{i}"] = jnp.asarray(value)
+                values[site_name(name, i)] = jnp.asarray(value)
         if self.shift_names:
             values["shift"] = jnp.zeros((len(self.shift_names), 2))
         return values
@@ -338,9 +352,9 @@ class SceneModel(eqx.Module):
         sources = []
         for i, source in enumerate(self.scene.sources):
             values = {
-                name: params[f"{name}_{i}"]
+                name: params[site_name(name, i)]
                 for name in source.parameters()
-                if f"{name}_{i}" in params
+                if site_name(name, i) in params
             }
             sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
         return self.scene.replace_sources(sources)
@@ -350,20 +364,24 @@ def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]
     """ArviZ ``dims`` and ``coords`` for every site of ``model``."""
     scene = model.scene
     coords = {
-        "source": list(range(len(scene.sources))),
+        "source": list(range(scene.n_groups)),
+        "component": list(range(len(scene.sources))),
         "channel": list(scene.frame.channels),
         "axis": ["y", "x"],
         "shape_component": ["u1", "u2"],
+        "envelope_param": list(ENVELOPE_PARAMETERS),
         "observation": list(model.shift_names),
     }
-    dims = {"spectrum": ["source", "channel"], "flux": ["source", "channel"]}
+    dims = {"spectrum": ["component", "channel"], "flux": ["source", "channel"]}
     if model.shift_names:
         for name in ("shift", "shift_arcsec", "shift_native"):
             dims[name] = ["observation", "axis"]
     for i, source in enumerate(scene.sources):
         for name in source.parameters():
-            site = f"{name}_{i}"
-            if name == "morphology":
+            site = site_name(name, i)
+            if name == "envelope":
+                dims[site] = ["envelope_param"]
+            elif name == "morphology":
                 dims[site] = [f"morph_y_{i}", f"morph_x_{i}"]
             elif name == "center":
                 dims[site] = ["axis"]

@@ -218,6 +218,11 @@ class StationaryNoise(eqx.Module):
         """``r^T C^{-1} r`` summed over channels."""
         return jnp.sum(self.chi2_per_channel(residual))
 
+    def whiten(self, residual) -> jax.Array:
+        """``C^{-1/2} r`` per channel: ``|whiten(r)|^2 = r^T C^{-1} r`` (one FFT pair)."""
+        spectrum = jnp.fft.rfft2(residual) / jnp.sqrt(self.power)
+        return jnp.fft.irfft2(spectrum, s=self.shape[1:])
+
     def log_det(self) -> jax.Array:
         """``log det C`` summed over channels."""
         return jnp.sum(jnp.log(self.power) * self.column_weights())

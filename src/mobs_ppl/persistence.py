@@ -14,7 +14,7 @@ The ``.npz`` files hold only numbers and strings (no pickled objects); they are 
 with ``allow_pickle=False``. Arrays come back bit for bit (in the precision they were
 saved in; JAX keeps them float64 when ``jax_enable_x64`` is on).
 
-Scene file (``format = "mobs_ppl.scene"``, ``version = 1``)
+Scene file (``format = "mobs_ppl.scene"``, ``version = 2``)
 --------------------------------------------------------------
 
 ==================== ================= ==============================================
@@ -32,6 +32,7 @@ frame_wcs_cdelt,                       (the header string keeps ~14 digits; thes
 frame_wcs_poles                        applied on top so the WCS round-trips exactly)
 frame_psf            float (c, h, w)   model PSF; absent when the frame has none
 n_sources            int               number of sources
+groups               int (sources,)    the galaxy of every source (``Scene.groups``)
 source_<i>_kind      str               ``Source``, ``PointSource``,
                                        ``GaussianSource`` or ``SersicSource``
 source_<i>_center    float (2,)        ``(y, x)`` in model pixels
@@ -40,21 +41,31 @@ source_<i>_spectrum  float (channels,) amplitudes
 
 and, by kind, the other constructor values of source ``i``:
 
-* ``Source``: ``source_<i>_morphology`` (``(h, w)``, values in ``(0, 1)``);
+* ``Source``: ``source_<i>_morphology`` (``(h, w)``, values in ``(0, 1)``),
+  ``source_<i>_prior`` (``"envelope"`` or ``"uniform"``), ``source_<i>_cv`` (float) and,
+  with an envelope, ``source_<i>_envelope`` (its ``(6,)`` parameters,
+  :mod:`mobs_ppl.envelope`);
 * ``PointSource``: ``source_<i>_box_size`` (int);
 * ``GaussianSource``: ``source_<i>_radius`` (model pixels), ``source_<i>_ellipticity``
   (``(g1, g2)``), ``source_<i>_box_size``, ``source_<i>_oversample``, and
   ``source_<i>_shape``, the unconstrained ellipticity parameter the model samples (it
-  is set exactly on loading, as ``ellipticity -> shape`` loses the last bit);
+  is set exactly on loading, as ``ellipticity -> shape`` loses the last bit), and
+  ``source_<i>_radius_prior_width``;
 * ``SersicSource``: as ``GaussianSource`` plus ``source_<i>_n`` (Sérsic index).
 
 Fit file (``format = "mobs_ppl.fit"``, ``version = 1``)
 --------------------------------------------------------
 
 ``param_names`` (str array) lists the latent sites; each value is stored under
-``param_<name>``. ``losses`` (float array), ``best_iteration`` (int) and ``converged``
-(bool) are the :class:`~mobs_ppl.MAPResult` fields of the same names. The NumPyro
-``svi_state`` and ``guide`` are not saved (they are ``None`` after loading).
+``param_<name>``. ``losses`` (float array), ``best_iteration`` (int), ``converged``
+(bool), ``decrement`` (float), ``iterations`` (int) and ``method`` (str) are the
+:class:`~mobs_ppl.MAPResult` fields of the same names. The NumPyro ``svi_state`` and
+``guide`` are not saved (they are ``None`` after loading). Version 1 files (without
+``decrement``, ``iterations`` and ``method``) are read too.
+
+Version 1 scene files (no groups, envelopes or radius prior widths) are read as well:
+their sources get the defaults (every source its own group, an envelope from each
+morphology's moments).
 
 Posterior file
 --------------
@@ -74,6 +85,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .envelope import DEFAULT_CV, Envelope
 from .frame import Frame
 from .inference import MAPResult, PosteriorResult
 from .model import SceneModel
@@ -95,7 +107,9 @@ __all__ = [
 SCENE_FORMAT = "mobs_ppl.scene"
 #: Value of the ``format`` key of fit files.
 FIT_FORMAT = "mobs_ppl.fit"
-_VERSION = 1
+_VERSION = 2
+#: Versions of each file kind this version of mobs_ppl reads.
+_READABLE = (1, 2)
 
 # exact type -> name; subclasses are not assumed to share their parent's constructor
 _KINDS = {
@@ -124,10 +138,10 @@ def _read_npz(path, expected_format: str) -> dict[str, np.ndarray]:
             f"{os.fspath(path)!r} is not a {expected_format} file (format key: {found!r})"
         )
     version = int(data.get("version", -1))
-    if version != _VERSION:
+    if version not in _READABLE:
         raise ValueError(
             f"{os.fspath(path)!r} has {expected_format} version {version}; this version of "
-            f"mobs_ppl reads version {_VERSION}"
+            f"mobs_ppl reads versions {_READABLE}"
         )
     return data
 
@@ -210,6 +224,11 @@ def _source_arrays(i: int, source: AbstractSource) -> dict[str, np.ndarray]:
     }
     if kind == "Source":
         out[p + "morphology"] = np.asarray(source.morphology)
+        out[p + "prior"] = np.asarray(source.prior)
+        out[p + "cv"] = np.asarray(source.cv)
+        if source.envelope is not None:
+            out[p + "envelope"] = np.asarray(source.envelope.params)
+            out[p + "envelope_cv"] = np.asarray(source.envelope.cv)
     elif kind == "PointSource":
         out[p + "box_size"] = np.asarray(source.box_shape[0], dtype=np.int64)
     else:
@@ -218,6 +237,7 @@ def _source_arrays(i: int, source: AbstractSource) -> dict[str, np.ndarray]:
         out[p + "shape"] = np.asarray(source.shape_param)
         out[p + "box_size"] = np.asarray(source.box_shape[0], dtype=np.int64)
         out[p + "oversample"] = np.asarray(source.oversample, dtype=np.int64)
+        out[p + "radius_prior_width"] = np.asarray(source.radius_prior_width)
         if kind == "SersicSource":
             out[p + "n"] = np.asarray(source.n)
     return out
@@ -232,7 +252,14 @@ def _source_from(i: int, data: Mapping, path) -> AbstractSource:
     kind = str(get("kind"))
     center, spectrum = get("center"), get("spectrum")
     if kind == "Source":
-        return Source(center, spectrum, get("morphology"))
+        prior = str(data.get(p + "prior", "envelope"))
+        cv = float(data.get(p + "cv", DEFAULT_CV))
+        envelope = None
+        if p + "envelope" in data:
+            envelope = Envelope(
+                jnp.asarray(data[p + "envelope"]), float(data.get(p + "envelope_cv", cv))
+            )
+        return Source(center, spectrum, get("morphology"), envelope, cv, prior)
     if kind == "PointSource":
         return PointSource(center, spectrum, box_size=int(get("box_size")))
     if kind not in ("GaussianSource", "SersicSource"):
@@ -242,6 +269,7 @@ def _source_from(i: int, data: Mapping, path) -> AbstractSource:
         "ellipticity": tuple(float(g) for g in get("ellipticity")),
         "box_size": int(get("box_size")),
         "oversample": int(get("oversample")),
+        "radius_prior_width": float(data.get(p + "radius_prior_width", 1.0)),
     }
     if kind == "GaussianSource":
         source = GaussianSource(center, spectrum, **common)
@@ -278,6 +306,7 @@ def save_scene(path, scene: Scene) -> None:
         "format": np.asarray(SCENE_FORMAT),
         "version": np.asarray(_VERSION),
         "n_sources": np.asarray(len(scene.sources)),
+        "groups": np.asarray(scene.groups, dtype=np.int64),
         **_frame_arrays(scene.frame),
     }
     for i, source in enumerate(scene.sources):
@@ -307,7 +336,8 @@ def load_scene(path) -> Scene:
     data = _read_npz(path, SCENE_FORMAT)
     frame = _frame_from(data, path)
     n = int(_require(data, "n_sources", path))
-    return Scene(frame, [_source_from(i, data, path) for i in range(n)])
+    groups = [int(g) for g in data["groups"]] if "groups" in data else None
+    return Scene(frame, [_source_from(i, data, path) for i in range(n)], groups)
 
 
 # -- MAP fits ---------------------------------------------------------------------------
@@ -338,6 +368,9 @@ def save_fit(path, fit: MAPResult) -> None:
         "losses": np.asarray(fit.losses),
         "best_iteration": np.asarray(int(fit.best_iteration)),
         "converged": np.asarray(bool(fit.converged)),
+        "decrement": np.asarray(float(fit.decrement)),
+        "iterations": np.asarray(int(fit.iterations)),
+        "method": np.asarray(str(fit.method)),
     }
     for name in names:
         arrays[f"param_{name}"] = np.asarray(fit.params[name])
@@ -392,6 +425,9 @@ def load_fit(path, model: SceneModel) -> MAPResult:
         losses=np.asarray(_require(data, "losses", path)),
         best_iteration=int(_require(data, "best_iteration", path)),
         converged=bool(_require(data, "converged", path)),
+        decrement=float(data.get("decrement", np.nan)),
+        iterations=int(data.get("iterations", len(data["losses"]))),
+        method=str(data.get("method", "adam")),
     )
 
 

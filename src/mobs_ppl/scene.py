@@ -43,6 +43,21 @@ def convolve_frame_psf(cube, psf) -> jax.Array:
     return jnp.fft.irfft2(spectrum, s=shape)[:, :height, :width]
 
 
+def _check_groups(groups, n: int) -> tuple[int, ...]:
+    if groups is None:
+        return tuple(range(n))
+    values = np.asarray(groups)
+    if values.shape != (n,) or (n and not np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"groups must be one integer per source ({n}); got {groups!r}")
+    out = tuple(int(g) for g in values)
+    first_seen = list(dict.fromkeys(out))
+    if first_seen != list(range(len(first_seen))):
+        raise ValueError(
+            f"groups must be numbered 0, 1, 2, ... in order of first appearance; got {out}"
+        )
+    return out
+
+
 class Scene(eqx.Module):
     """Sources on a model frame.
 
@@ -53,12 +68,19 @@ class Scene(eqx.Module):
     sources : sequence of AbstractSource
         Sources; a ``SkyCoord`` centre is converted to model pixels here. Spectra must
         have one value per frame channel.
+    groups : sequence of int, optional
+        The galaxy each source belongs to, when a galaxy is modelled by several sources
+        (components with their own spectra, e.g. a red bulge and a blue disk: see
+        :func:`mobs_ppl.init.from_observation`). Groups are numbered ``0 .. G - 1`` in
+        order of first appearance; fluxes (:meth:`fluxes`, the ``flux`` site) are per
+        group. Default: every source is its own group.
     """
 
     frame: Frame
     sources: tuple[AbstractSource, ...]
+    groups: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, frame: Frame, sources: Sequence[AbstractSource] = ()):
+    def __init__(self, frame: Frame, sources: Sequence[AbstractSource] = (), groups=None):
         if not isinstance(frame, Frame):
             raise TypeError(f"frame must be a Frame, got {type(frame).__name__}")
         placed = []
@@ -82,13 +104,26 @@ class Scene(eqx.Module):
             placed.append(source)
         self.frame = frame
         self.sources = tuple(placed)
+        self.groups = _check_groups(groups, len(placed))
 
     def __len__(self) -> int:
         return len(self.sources)
 
+    @property
+    def n_groups(self) -> int:
+        """Number of galaxies (groups of sources)."""
+        return max(self.groups) + 1 if self.groups else 0
+
+    def members(self, group: int) -> tuple[int, ...]:
+        """Indices of the sources of one group."""
+        return tuple(i for i, g in enumerate(self.groups) if g == group)
+
     def replace_sources(self, sources: Sequence[AbstractSource]) -> Scene:
-        """A copy with other sources (same frame)."""
-        return eqx.tree_at(lambda s: s.sources, self, tuple(sources))
+        """A copy with other sources (same frame, same groups)."""
+        sources = tuple(sources)
+        if len(sources) != len(self.sources):
+            return Scene(self.frame, sources)
+        return eqx.tree_at(lambda s: s.sources, self, sources)
 
     def render(self, convolve: bool = True) -> jax.Array:
         """Model cube ``frame.shape``: the sum of all sources, convolved with the model PSF.
@@ -117,6 +152,13 @@ class Scene(eqx.Module):
             cube = convolve_frame_psf(cube, self.frame.psf)
         return cube
 
-    def fluxes(self) -> jax.Array:
+    def source_fluxes(self) -> jax.Array:
         """``(sources, channels)`` total flux of every source (before the PSF)."""
         return jnp.stack([s.flux() for s in self.sources])
+
+    def fluxes(self) -> jax.Array:
+        """``(groups, channels)`` total flux of every galaxy: the sum of its sources."""
+        per_source = self.source_fluxes()
+        if self.groups == tuple(range(len(self.sources))):
+            return per_source
+        return jax.ops.segment_sum(per_source, jnp.asarray(self.groups), self.n_groups)

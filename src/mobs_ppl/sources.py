@@ -24,11 +24,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import gammainc, gammaln
 from scipy.special import gammaincinv
 
+from .ellipticity import shear_matrix as _shear_matrix
+from .ellipticity import unit_disk as _disk
+from .envelope import DEFAULT_CV, Envelope
+
 __all__ = [
+    "site_name",
     "AbstractSource",
     "Source",
     "PointSource",
@@ -52,6 +58,11 @@ def sersic_b(n):
         log_pdf = (a - 1) * jnp.log(b) - b - gammaln(a)
         b = b - (gammainc(a, b) - 0.5) / jnp.exp(log_pdf)
     return b
+
+
+def site_name(parameter: str, index: int) -> str:
+    """Name of the NumPyro site of a source parameter: ``"<parameter>_<index>"``."""
+    return f"{parameter}_{index}"
 
 
 def _origin_of(center, box_shape):
@@ -87,6 +98,28 @@ class AbstractSource(eqx.Module):
     def replace_parameters(self, values: dict) -> AbstractSource:
         """A copy with the given morphology parameters."""
         raise NotImplementedError
+
+    def sample_parameters(self, index: int, priors=None) -> dict:
+        """Sample the morphology parameters as NumPyro sites ``<name>_<index>``.
+
+        Parameters
+        ----------
+        index : int
+            The source's index in the scene (site names end in it).
+        priors : mapping, optional
+            Distributions replacing the defaults, by site name.
+
+        Returns
+        -------
+        dict
+            The sampled values by parameter name (for :meth:`replace_parameters`).
+        """
+        priors = priors or {}
+        values = {}
+        for name, prior in self.default_priors().items():
+            site = site_name(name, index)
+            values[name] = numpyro.sample(site, priors.get(site, prior))
+        return values
 
     def image(self) -> jax.Array:
         """Morphology on the box, ``box_shape``."""
@@ -140,15 +173,32 @@ class Source(AbstractSource):
         ``(channels,)`` strictly positive amplitudes.
     morphology : array_like
         ``(h, w)`` image with values strictly inside ``(0, 1)``.
+    envelope : Envelope, optional
+        The smooth profile the morphology's pixels are drawn about (see
+        :mod:`mobs_ppl.envelope`); its parameters are fitted with the pixels. Default:
+        one with the centroid and second moments of ``morphology``.
+    cv : float
+        Coefficient of variation of the pixels about the default envelope.
+    prior : {"envelope", "uniform"}
+        The morphology prior: pixels about the envelope (default), or independent and
+        uniform on ``[0, 1]``. The uniform prior fits noise into the morphology wherever
+        the galaxy is fainter than the noise (a positive pedestal over the whole box,
+        which biases fluxes upward); it is kept for comparison and for simulations drawn
+        from it.
     """
 
     spectrum: jax.Array
     center: object
     morphology: jax.Array
+    envelope: Envelope | None
     box_shape: tuple[int, int] = eqx.field(static=True)
     _origin: tuple[int, int] | None = eqx.field(static=True)
+    prior: str = eqx.field(static=True)
+    cv: float = eqx.field(static=True)
 
-    def __init__(self, center, spectrum, morphology):
+    def __init__(
+        self, center, spectrum, morphology, envelope=None, cv=DEFAULT_CV, prior="envelope"
+    ):
         morph = np.asarray(morphology, float)
         if morph.ndim != 2:
             raise ValueError(f"morphology must be a 2-D image; got shape {morph.shape}")
@@ -157,45 +207,67 @@ class Source(AbstractSource):
                 "morphology values must lie strictly inside (0, 1) (the model's support); "
                 "use np.clip(morphology, 1e-6, 1 - 1e-6)"
             )
+        if prior not in ("envelope", "uniform"):
+            raise ValueError(f"prior must be 'envelope' or 'uniform'; got {prior!r}")
+        if envelope is not None and not isinstance(envelope, Envelope):
+            raise TypeError(f"envelope must be an Envelope; got {type(envelope).__name__}")
         self.spectrum = _check_spectrum(spectrum)
         self.center = _center_value(center)
         self.morphology = jnp.asarray(morph)
         self.box_shape = morph.shape
         self._origin = _origin_of(self.center, morph.shape)
+        self.prior = prior
+        self.cv = float(cv)
+        if prior == "envelope" and envelope is None and self._origin is not None:
+            envelope = Envelope.from_image(morph, self._origin, cv=cv)
+        self.envelope = envelope if prior == "envelope" else None
 
     def parameters(self):
-        return {"morphology": self.morphology}
+        if self.envelope is None:
+            return {"morphology": self.morphology}
+        return {"envelope": self.envelope.params, "morphology": self.morphology}
 
     def default_priors(self):
-        return {"morphology": dist.Uniform(0.0, 1.0).expand(self.box_shape).to_event(2)}
+        if self.envelope is None:
+            return {"morphology": dist.Uniform(0.0, 1.0).expand(self.box_shape).to_event(2)}
+        return {
+            "envelope": self.envelope.prior(),
+            "morphology": self.envelope.morphology_prior(self._origin, self.box_shape),
+        }
+
+    def sample_parameters(self, index, priors=None):
+        if self.envelope is None:
+            return super().sample_parameters(index, priors)
+        priors = priors or {}
+        site = site_name("envelope", index)
+        params = numpyro.sample(site, priors.get(site, self.envelope.prior()))
+        envelope = self.envelope.with_params(params)
+        site = site_name("morphology", index)
+        conditional = envelope.morphology_prior(self._origin, self.box_shape)
+        morphology = numpyro.sample(site, priors.get(site, conditional))
+        return {"envelope": params, "morphology": morphology}
 
     def replace_parameters(self, values):
-        if "morphology" not in values:
-            return self
-        return eqx.tree_at(lambda s: s.morphology, self, values["morphology"])
+        out = self
+        if "morphology" in values:
+            out = eqx.tree_at(lambda s: s.morphology, out, values["morphology"])
+        if "envelope" in values and out.envelope is not None:
+            envelope = out.envelope.with_params(values["envelope"])
+            out = eqx.tree_at(lambda s: s.envelope, out, envelope)
+        return out
 
     def image(self):
         return self.morphology
 
     def with_center(self, center):
-        return Source(center, self.spectrum, self.morphology)
-
-
-def _shear_matrix(ellipticity):
-    """Inverse distortion of a reduced shear ``g = (g1, g2)``, ``|g| < 1``, in (x, y).
-
-    A profile sheared by ``g`` is ``I(x) = I0(|A^-1 x|)`` with the area-preserving
-    ``A = [[1 + g1, g2], [g2, 1 - g1]] / sqrt(1 - g^2)`` (GalSim's convention: g1 > 0
-    stretches along x); this returns ``A^-1``.
-    """
-    g1, g2 = ellipticity[0], ellipticity[1]
-    norm = 1.0 / jnp.sqrt(1.0 - g1**2 - g2**2)
-    return norm * jnp.array([[1.0 - g1, -g2], [-g2, 1.0 + g1]])
-
-
-def _disk(shape_param):
-    """Map an unconstrained 2-vector into the open unit disk (an ellipticity)."""
-    return shape_param / jnp.sqrt(1.0 + jnp.sum(shape_param**2))
+        envelope = self.envelope
+        if envelope is not None and self._origin is not None:
+            # the envelope moves with the box
+            y0, x0 = _box_origin(center, self.box_shape)
+            moved = np.asarray(envelope.params).copy()
+            moved[:2] += np.array([y0 - self._origin[0], x0 - self._origin[1]], float)
+            envelope = envelope.with_params(moved)
+        return Source(center, self.spectrum, self.morphology, envelope, self.cv, self.prior)
 
 
 class _ParametricSource(AbstractSource):
@@ -208,6 +280,7 @@ class _ParametricSource(AbstractSource):
     box_shape: tuple[int, int] = eqx.field(static=True)
     _origin: tuple[int, int] | None = eqx.field(static=True)
     oversample: int = eqx.field(static=True)
+    radius_prior_width: float = eqx.field(static=True)
 
     def _grid(self):
         """Sub-pixel sample positions relative to the centre, and their weights."""
@@ -250,7 +323,7 @@ class _ParametricSource(AbstractSource):
         center = jnp.asarray(self.center)
         return {
             "center": dist.Normal(center, 1.0).to_event(1),
-            "radius": dist.LogNormal(jnp.log(self.radius), 1.0),
+            "radius": dist.LogNormal(jnp.log(self.radius), self.radius_prior_width),
             "shape": dist.Normal(jnp.zeros(2), 1.0).to_event(1),
         }
 
@@ -267,8 +340,13 @@ class _ParametricSource(AbstractSource):
         return _disk(self.shape_param)
 
 
-def _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample, reach=6.0):
+def _init_parametric(
+    self, center, spectrum, radius, ellipticity, box_size, oversample, radius_prior_width, reach=6.0
+):
     self.spectrum = _check_spectrum(spectrum)
+    if not float(radius_prior_width) > 0:
+        raise ValueError(f"radius_prior_width must be positive; got {radius_prior_width}")
+    self.radius_prior_width = float(radius_prior_width)
     self.center = _center_value(center)
     if not float(radius) > 0:
         raise ValueError(f"radius must be positive (model pixels); got {radius}")
@@ -302,12 +380,25 @@ class GaussianSource(_ParametricSource):
     oversample : int
         Sub-pixel samples per axis when integrating over pixels (even, so that no
         sample falls on the centre of a source centred on a pixel).
+    radius_prior_width : float
+        Width of the LogNormal prior of the radius about its initial value (1: a
+        factor ``e`` either way; a compact core of a galaxy, see
+        :func:`mobs_ppl.init.from_observation`, gets 0.1).
     """
 
     def __init__(
-        self, center, spectrum, radius, ellipticity=(0.0, 0.0), box_size=None, oversample=4
+        self,
+        center,
+        spectrum,
+        radius,
+        ellipticity=(0.0, 0.0),
+        box_size=None,
+        oversample=4,
+        radius_prior_width=1.0,
     ):
-        _init_parametric(self, center, spectrum, radius, ellipticity, box_size, oversample)
+        _init_parametric(
+            self, center, spectrum, radius, ellipticity, box_size, oversample, radius_prior_width
+        )
 
     def _sigma2(self):
         # half-light radius of a Gaussian is sigma * sqrt(2 ln 2)
@@ -327,6 +418,7 @@ class GaussianSource(_ParametricSource):
             tuple(np.asarray(self.ellipticity)),
             self.box_shape[0],
             self.oversample,
+            self.radius_prior_width,
         )
 
 
@@ -341,7 +433,15 @@ class SersicSource(_ParametricSource):
     n: jax.Array
 
     def __init__(
-        self, center, spectrum, radius, n=1.0, ellipticity=(0.0, 0.0), box_size=None, oversample=6
+        self,
+        center,
+        spectrum,
+        radius,
+        n=1.0,
+        ellipticity=(0.0, 0.0),
+        box_size=None,
+        oversample=6,
+        radius_prior_width=1.0,
     ):
         if not 0.3 <= float(n) <= 6.0:
             raise ValueError(f"Sersic index n must be within [0.3, 6]; got {n}")
@@ -350,7 +450,15 @@ class SersicSource(_ParametricSource):
         r99 = (float(gammaincinv(2 * float(n), 0.99)) / b) ** float(n)
         reach = min(max(r99, 3.0), 10.0)
         _init_parametric(
-            self, center, spectrum, radius, ellipticity, box_size, oversample, reach=reach
+            self,
+            center,
+            spectrum,
+            radius,
+            ellipticity,
+            box_size,
+            oversample,
+            radius_prior_width,
+            reach=reach,
         )
         self.n = jnp.asarray(float(n))
 
@@ -387,6 +495,7 @@ class SersicSource(_ParametricSource):
             tuple(np.asarray(self.ellipticity)),
             self.box_shape[0],
             self.oversample,
+            self.radius_prior_width,
         )
 
 
