@@ -16,65 +16,79 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-from jax.flatten_util import ravel_pytree
-from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import initialize_model
 
 from ._warnings import MobsPplWarning
 from .curvature import hessian, hessian_diagonal, inverse_metric
 from .model import SceneModel
+from .newton import PosteriorProblem
 from .sites import split_sites
 
-__all__ = ["LaplaceApproximation", "laplace", "unconstrained_problem"]
+__all__ = ["LaplaceApproximation", "MAX_DENSE_PARAMETERS", "laplace", "unconstrained_problem"]
 
 
-@dataclasses.dataclass(frozen=True)
-class UnconstrainedProblem:
+class UnconstrainedProblem(eqx.Module):
     """The model's density over chosen sites, in NumPyro's unconstrained space.
+
+    Built on :class:`mobs_ppl.newton.PosteriorProblem` (no NumPyro initialisation, and
+    the compiled functions taking it as an argument are reused for the same model).
 
     Attributes
     ----------
-    location : ndarray
+    coordinates : PosteriorProblem
+        The model, the fixed sites and the layout of the flat vector.
+    location : jax.Array
         The start point, flattened (sites in sorted order, as NumPyro's NUTS ravels).
-    potential : callable
-        Negative log joint density of a flat unconstrained vector (log-Jacobians of
-        the transforms included, as NUTS sees it).
-    unravel : callable
-        Flat vector -> ``{site: unconstrained value}``.
-    postprocess : callable
-        ``{site: unconstrained value}`` -> constrained values of the sampled and the
-        deterministic sites.
     """
 
-    location: jnp.ndarray
-    potential: Callable
-    unravel: Callable
-    postprocess: Callable
+    coordinates: PosteriorProblem
+    location: jax.Array
+
+    def unravel(self, u) -> dict:
+        """Flat vector -> ``{site: unconstrained value}``."""
+        return self.coordinates.unravel(u)
+
+    def values(self, u) -> dict:
+        """Flat unconstrained vector -> ``{site: constrained value}``."""
+        return self.coordinates.from_unconstrained(u)
+
+    def potential(self, u) -> jax.Array:
+        """Negative log joint density of a flat unconstrained vector, up to a constant.
+
+        The log-Jacobians of the transforms are included, as NUTS sees it.
+        """
+        return self.coordinates.potential_of_values(self.values(u))
+
+    def postprocess(self, blocks: Mapping) -> dict:
+        """Constrained values of the sampled and deterministic sites of ``{site: u}``."""
+        return self.coordinates.derived(self.values(self.coordinates.ravel(blocks)))
 
 
 def unconstrained_problem(
     model: SceneModel, start: Mapping, fixed: Mapping, seed: int = 0
 ) -> UnconstrainedProblem:
     """The potential of ``model`` over the sites of ``start``, the ``fixed`` ones held."""
-    conditioned = numpyro.handlers.condition(model, data=dict(fixed))
-    info = initialize_model(
-        jax.random.PRNGKey(seed),
-        conditioned,
-        init_strategy=init_to_value(values=dict(start)),
-    )
-    z = info.param_info.z
-    flat, unravel = ravel_pytree(z)
+    coordinates = PosteriorProblem.build(model, start, fixed)
+    return UnconstrainedProblem(coordinates, coordinates.to_unconstrained(coordinates.start))
 
-    def potential(x):
-        return info.potential_fn(unravel(x))
 
-    return UnconstrainedProblem(flat, potential, unravel, info.postprocess_fn)
+#: Derived quantities whose marginal covariance every Laplace approximation holds.
+SUMMARY_SITES = ("shift", "flux")
+
+
+def _summary(problem: UnconstrainedProblem, u) -> jax.Array:
+    """Flat vector of the summary quantities at ``u``: shifts, then log fluxes."""
+    values = problem.coordinates.derived(problem.values(u))
+    parts = []
+    if "shift" in values:
+        parts.append(jnp.ravel(values["shift"]))
+    parts.append(jnp.ravel(jnp.log(values["flux"])))
+    return jnp.concatenate(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,28 +100,67 @@ class LaplaceApproximation:
     model : SceneModel
         The model.
     sites : tuple of str
-        The approximated sites.
+        The approximated sites (the others are held at their values, ``fixed``).
     fixed : dict
         Sites held at fixed values (constrained space).
     problem : UnconstrainedProblem
-        Potential, start point and transforms.
-    covariance : ndarray
-        ``(n, n)`` covariance of the flat unconstrained parameters.
+        Potential, centre and transforms.
+    covariance : ndarray or None
+        ``(n, n)`` covariance of the flat unconstrained parameters, when it was
+        computed densely (at most :data:`MAX_DENSE_PARAMETERS` parameters); ``None``
+        for the matrix-free approximation of larger problems.
+    summary_covariance : ndarray
+        Covariance of the summary vector: every shift (model pixels, flattened), then
+        the log of every flux (``(sources, channels)``, flattened) -- the marginal
+        covariance, every approximated site free.
+    summary_mean : ndarray
+        The summary vector at the centre.
+    decrement : float
+        Newton decrement at the centre (posterior sd to the mode).
     """
 
     model: SceneModel
     sites: tuple
     fixed: dict
     problem: UnconstrainedProblem
-    covariance: np.ndarray
+    covariance: np.ndarray | None
+    summary_covariance: np.ndarray
+    summary_mean: np.ndarray
+    decrement: float
 
     @property
     def location(self) -> dict:
         """Centre of the approximation, ``{site: unconstrained value}``."""
         return self.problem.unravel(self.problem.location)
 
+    @property
+    def conditional(self) -> bool:
+        """Whether some sites were held fixed (the error bars are then conditional)."""
+        return bool(self.fixed)
+
+    def _split(self, flat):
+        n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
+        out = {}
+        if n_shift:
+            shift = flat[..., :n_shift].reshape((*flat.shape[:-1], -1, 2))
+            out["shift"] = shift
+            to_native = np.stack(
+                [np.asarray(self.model.to_native[n]) for n in self.model.shift_names]
+            )
+            out["shift_native"] = np.einsum("kij,...kj->...ki", to_native, shift)
+            out["shift_arcsec"] = shift * self.model.pixel_scale_arcsec
+        n_groups = self.model.scene.n_groups
+        out["flux"] = np.exp(flat[..., n_shift:]).reshape((*flat.shape[:-1], n_groups, -1))
+        return out
+
     def draws(self, num_samples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
-        """Draws of the approximated and deterministic sites, constrained space.
+        """Draws of the approximated and derived quantities, constrained space.
+
+        With a dense covariance, every approximated site and every deterministic site
+        (``flux``, ``shift_arcsec``, ``shift_native``, ...). Matrix-free (large
+        problems), the summary quantities: ``shift``, ``shift_native``,
+        ``shift_arcsec`` and ``flux``, from their joint marginal normal approximation
+        (log fluxes normal).
 
         Parameters
         ----------
@@ -121,72 +174,54 @@ class LaplaceApproximation:
         dict
             ``{site: (num_samples, ...)}``, e.g. ``flux`` ``(draws, sources, channels)``.
         """
+        key = jax.random.PRNGKey(seed)
+        if self.covariance is None:
+            chol = np.linalg.cholesky(self.summary_covariance)
+            normal = np.asarray(jax.random.normal(key, (num_samples, chol.shape[0])))
+            return self._split(self.summary_mean + normal @ chol.T)
         n = self.covariance.shape[0]
         chol = jnp.asarray(np.linalg.cholesky(self.covariance))
-        normal = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, n))
+        normal = jax.random.normal(key, (num_samples, n))
         flat = self.problem.location + normal @ chol.T
         transform = jax.jit(jax.vmap(lambda x: self.problem.postprocess(self.problem.unravel(x))))
         return {k: np.asarray(v) for k, v in transform(flat).items()}
 
+    def sd(self, name: str) -> np.ndarray:
+        """Marginal standard deviation of a summary quantity, to first order.
 
-def laplace(
-    model: SceneModel,
-    init,
-    sites: Sequence[str] | None = None,
-) -> LaplaceApproximation:
-    """Laplace approximation of the posterior at a MAP fit.
-
-    Parameters
-    ----------
-    model : SceneModel
-        The model.
-    init : MAPResult or mapping
-        The MAP (a :class:`MAPResult` or ``{site: value}``); it should be a mode of the
-        posterior of ``sites``, else the covariance is not meaningful.
-    sites : sequence of str, optional
-        Sites to approximate, as in :func:`mobs_ppl.sample` (``None``: all).
-
-    Returns
-    -------
-    LaplaceApproximation
-
-    Raises
-    ------
-    ValueError
-        If the point is not a mode (the Hessian is not positive definite).
-
-    Warns
-    -----
-    MobsPplWarning
-        If the Newton step from the point to the mode is longer than one posterior
-        standard deviation (the fit has not converged).
-    """
-    start, fixed = split_sites(model, init, sites)
-    problem = unconstrained_problem(model, start, fixed)
-    hess = hessian(problem.potential, problem.location)
-    values = np.linalg.eigvalsh(hess)
-    if values.min() <= 0:
-        raise ValueError(
-            "the Hessian of the negative log posterior is not positive definite at this "
-            f"point (smallest eigenvalue {values.min():.3g}): run fit_map to convergence"
+        Parameters
+        ----------
+        name : {"shift", "shift_native", "shift_arcsec", "flux"}
+            ``shift`` in model pixels, ``shift_native`` in each observation's native
+            pixels, ``shift_arcsec`` along the model pixel axes; ``flux`` per source and
+            channel (the flux times the sd of its logarithm).
+        """
+        if name == "flux":
+            return self._flux_sd()
+        n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
+        shift_sd = np.sqrt(np.diag(self.summary_covariance))[:n_shift].reshape(-1, 2)
+        if name == "shift" and n_shift:
+            return shift_sd
+        if name == "shift_arcsec" and n_shift:
+            return shift_sd * self.model.pixel_scale_arcsec
+        if name == "shift_native" and n_shift:
+            n_shift = 2 * len(self.model.shift_names)
+            cov = self.summary_covariance[:n_shift, :n_shift]
+            out = []
+            for k, obs in enumerate(self.model.shift_names):
+                a = np.asarray(self.model.to_native[obs])
+                block = cov[2 * k : 2 * k + 2, 2 * k : 2 * k + 2]
+                out.append(np.sqrt(np.diag(a @ block @ a.T)))
+            return np.array(out)
+        raise KeyError(
+            f"no marginal sd of {name!r}; known: shift, shift_native, shift_arcsec, flux"
         )
-    covariance = inverse_metric(hess)
-    gradient = np.asarray(jax.grad(problem.potential)(problem.location))
-    decrement = float(np.sqrt(gradient @ covariance @ gradient))
-    if decrement > 1.0:
-        warnings.warn(
-            f"the mode is ~{decrement:.3g} posterior sd from this point (Newton step): the "
-            "Laplace approximation is centred off the mode; fit the MAP to convergence",
-            MobsPplWarning,
-            stacklevel=2,
-        )
-    return LaplaceApproximation(
-        model=model,
-        sites=tuple(start),
-        fixed=fixed,
-        problem=problem,
-        covariance=covariance,
-    )
+
+    def _flux_sd(self) -> np.ndarray:
+        n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
+        log_sd = np.sqrt(np.diag(self.summary_covariance))[n_shift:]
+        flux = np.exp(self.summary_mean[n_shift:])
+        return (flux * log_sd).reshape(self.model.scene.n_groups, -1)
 
 
 #: Largest number of sampled parameters for which :func:`mobs_ppl.sample` builds the
@@ -228,3 +263,182 @@ def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> tup
     cov = inverse_metric(hess)
     at_mode = bool(np.linalg.eigvalsh(hess).min() > 0)
     return jnp.asarray(cov if dense else np.diag(cov)), at_mode
+
+
+def laplace(
+    model: SceneModel,
+    init,
+    sites: Sequence[str] | None = None,
+    rtol: float = 1e-6,
+    max_cg_steps: int = 2000,
+    seed: int = 0,
+    method: str = "auto",
+) -> LaplaceApproximation:
+    """Laplace approximation of the posterior at a MAP fit.
+
+    The curvature is the exact Hessian of the negative log posterior in NumPyro's
+    unconstrained space (the space NUTS samples). Up to
+    :data:`MAX_DENSE_PARAMETERS` approximated parameters it is built densely and
+    inverted; above, for scenes whose morphology pixels make 10^4 to 10^5 parameters,
+    nothing of size ``n^2`` is formed: the marginal covariance of the summary
+    quantities (shifts and log fluxes) is ``G H^{-1} G^T``, with ``G`` their gradients,
+    and each row of ``H^{-1} G^T`` is a conjugate-gradient solve with Hessian-vector
+    products, preconditioned by the curvature's diagonal and the coarse space of
+    collective directions (:mod:`mobs_ppl.krylov`). Either way the error bars are
+    marginal over every approximated site -- the morphologies too, by default.
+
+    Parameters
+    ----------
+    model : SceneModel
+        The model.
+    init : MAPResult or mapping
+        The MAP (a :class:`MAPResult` or ``{site: value}``); it should be a mode of the
+        posterior of ``sites``, else the covariance is not meaningful.
+    sites : sequence of str, optional
+        Sites to approximate, as in :func:`mobs_ppl.sample` (``None``: all). Sites left
+        out are held at their ``init`` values: error bars are then *conditional* on
+        them (``approx.conditional`` is true).
+    rtol : float
+        Matrix-free: relative precision of each solve.
+    max_cg_steps : int
+        Matrix-free: largest number of conjugate-gradient iterations per solve.
+    seed : int
+        Matrix-free: seed of the random projections of the preconditioner.
+    method : {"auto", "dense", "matrix-free"}
+        ``"auto"``: dense up to :data:`MAX_DENSE_PARAMETERS` parameters, matrix-free
+        above. The dense approximation carries the covariance of every site (its
+        draws include morphologies); the matrix-free one that of the summaries
+        (shifts and fluxes).
+
+    Returns
+    -------
+    LaplaceApproximation
+
+    Raises
+    ------
+    ValueError
+        If the point is not a mode (the Hessian is not positive definite).
+
+    Warns
+    -----
+    MobsPplWarning
+        If the Newton step from the point to the mode is longer than one posterior
+        standard deviation (the fit has not converged).
+    """
+    if method not in ("auto", "dense", "matrix-free"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free'; got {method!r}")
+    start, fixed = split_sites(model, init, sites)
+    problem = unconstrained_problem(model, start, fixed)
+    mean, rows, gradient = (np.asarray(a) for a in _summary_rows(problem, problem.location))
+    dense = method == "dense" or (
+        method == "auto" and problem.location.size <= MAX_DENSE_PARAMETERS
+    )
+    if dense:
+        hess = hessian(problem.potential, problem.location)
+        values = np.linalg.eigvalsh(hess)
+        if values.min() <= 0:
+            raise ValueError(
+                "the Hessian of the negative log posterior is not positive definite at this "
+                f"point (smallest eigenvalue {values.min():.3g}): run fit_map to convergence"
+            )
+        covariance = inverse_metric(hess)
+        summary_covariance = rows @ covariance @ rows.T
+        decrement = float(np.sqrt(gradient @ covariance @ gradient))
+    else:
+        covariance = None
+        solutions, positive, steps = _marginal_solves(
+            problem,
+            jnp.asarray(np.vstack([rows, gradient])),
+            jax.random.PRNGKey(seed),
+            jnp.asarray(rtol, dtype=problem.location.dtype),
+            jnp.asarray(max_cg_steps),
+        )
+        solutions, positive = np.asarray(solutions), bool(np.all(np.asarray(positive)))
+        _SOLVE_STATS["steps"] = np.asarray(steps)
+        if not positive:
+            raise ValueError(
+                "the Hessian of the negative log posterior is not positive definite at this "
+                "point (a direction of non-positive curvature was met): run fit_map to "
+                "convergence"
+            )
+        summary_covariance = rows @ solutions[:-1].T
+        summary_covariance = 0.5 * (summary_covariance + summary_covariance.T)
+        decrement = float(np.sqrt(max(gradient @ solutions[-1], 0.0)))
+    if decrement > 1.0:
+        warnings.warn(
+            f"the mode is ~{decrement:.3g} posterior sd from this point (Newton step): the "
+            "Laplace approximation is centred off the mode; fit the MAP to convergence",
+            MobsPplWarning,
+            stacklevel=2,
+        )
+    return LaplaceApproximation(
+        model=model,
+        sites=tuple(start),
+        fixed=fixed,
+        problem=problem,
+        covariance=covariance,
+        summary_covariance=summary_covariance,
+        summary_mean=mean,
+        decrement=decrement,
+    )
+
+
+@eqx.filter_jit
+def _summary_rows(problem: UnconstrainedProblem, u):
+    """The summary vector, its Jacobian (rows) and the potential's gradient at ``u``."""
+    mean = _summary(problem, u)
+    rows = jax.jacrev(lambda x: _summary(problem, x))(u)
+    return mean, rows, jax.grad(problem.potential)(u)
+
+
+@eqx.filter_jit
+def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
+    """``H^{-1} r`` for every row ``r``, matrix-free, in NumPyro's unconstrained space.
+
+    ``H`` is the exact Hessian of the potential (Hessian-vector products by
+    forward-over-reverse differentiation). The preconditioner is the one of
+    :func:`mobs_ppl.fit_map`, built in its coordinates ``x`` (morphologies relative to
+    their envelopes, where the Gauss-Newton curvature with its diagonal and coarse
+    space of collective directions is well conditioned) and carried into the
+    unconstrained space ``u`` by the Jacobian ``J = du/dx`` of the map between them:
+    ``M^{-1} = J M_x^{-1} J^T``, since ``H^{-1} ~ J H_x^{-1} J^T``.
+
+    Returns
+    -------
+    solutions : jax.Array
+        One row per right-hand side.
+    positive : jax.Array
+        Per solve, whether every curvature met was positive.
+    steps : jax.Array
+        Conjugate-gradient iterations per solve.
+    """
+    from .krylov import conjugate_gradient, two_level_preconditioner
+    from .newton import _collective_directions, _diagonal, _operator_parts
+
+    coordinates = problem.coordinates
+    u = problem.location
+    x0 = coordinates.coordinates(problem.values(u))
+    _, hvp = jax.linearize(jax.grad(problem.potential), u)
+    _, along = jax.linearize(coordinates.to_unconstrained, x0)
+    back = jax.linear_transpose(along, x0)
+    jvp, vjp, prior_hvp = _operator_parts(coordinates, x0)
+    diag = _diagonal(jvp, vjp, prior_hvp, x0, key, 16)
+    scale = 1.0 / jnp.sqrt(diag)
+
+    def scaled(y):
+        return scale * (vjp(jvp(scale * y))[0] + prior_hvp(scale * y))
+
+    coarse = _collective_directions(coordinates, x0) / scale[None, :]
+    inner = two_level_preconditioner(scaled, coarse)
+
+    def precondition(r):
+        return along(scale * inner(scale * back(r)[0]))
+
+    def one(r):
+        return conjugate_gradient(hvp, r, precondition, rtol, max_steps)
+
+    return jax.lax.map(one, rows)
+
+
+#: Conjugate-gradient iterations of the last matrix-free solves (for benchmarks).
+_SOLVE_STATS: dict = {}

@@ -1,0 +1,81 @@
+"""Marginal error bars with every morphology pixel free: matrix-free against dense, and
+against NUTS over all sites.
+
+The scene (numpy simulator of ``colour_gradients``, one bulge + disk galaxy, HSC
+resampled with its correlated noise) is small enough for a dense Hessian (~600
+parameters), so the matrix-free Schur-complement solves can be checked against
+``numpy.linalg`` on the same point, and the Laplace approximation against NUTS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mobs_ppl as mp
+from colour_gradients import default_model, simulate
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sim = simulate(5, n_galaxies=1, hst_size=36, hsc_size=8)
+    model = default_model(sim)
+    fit = mp.fit_map(model)
+    assert fit.converged
+    return sim, model, fit
+
+
+def test_matrix_free_matches_dense(fitted):
+    # the CG solves run to rtol 1e-9, so their error (~rtol x condition of the
+    # preconditioned operator) is far below the 1e-6 asked of the covariance
+    _, model, fit = fitted
+    dense = mp.laplace(model, fit, method="dense")
+    free = mp.laplace(model, fit, method="matrix-free", rtol=1e-9)
+    assert dense.covariance is not None and free.covariance is None
+    a, b = dense.summary_covariance, free.summary_covariance
+    assert np.max(np.abs(a - b)) / np.max(np.abs(a)) < 1e-6
+    np.testing.assert_allclose(np.sqrt(np.diag(b)), np.sqrt(np.diag(a)), rtol=1e-6)
+    np.testing.assert_allclose(free.sd("shift_native"), dense.sd("shift_native"), rtol=1e-6)
+    np.testing.assert_allclose(free.sd("flux"), dense.sd("flux"), rtol=1e-6)
+    assert dense.decrement == pytest.approx(free.decrement, rel=1e-3, abs=1e-3)
+
+
+def test_marginal_errors_include_the_morphologies(fitted):
+    _, model, fit = fitted
+    marginal = mp.laplace(model, fit)
+    conditional = mp.laplace(model, fit, sites=["spectrum", "shift"])
+    assert not marginal.conditional and conditional.conditional
+    # holding the morphologies can only shrink the error bars
+    assert np.all(conditional.sd("shift_native") <= marginal.sd("shift_native") * (1 + 1e-9))
+    assert np.all(conditional.sd("flux") <= marginal.sd("flux") * (1 + 1e-9))
+    # the draws carry the marginal covariance: their sd matches sd() to MC error
+    # (2000 draws: 1.6% sd of an sd; 6%, about 4 sd)
+    draws = marginal.draws(2000, seed=1)
+    np.testing.assert_allclose(
+        draws["shift_native"].std(axis=0)[0], marginal.sd("shift_native")[0], rtol=0.06
+    )
+    np.testing.assert_allclose(draws["flux"].std(axis=0), marginal.sd("flux"), rtol=0.06)
+    with pytest.raises(ValueError, match="method"):
+        mp.laplace(model, fit, method="lanczos")
+
+
+@pytest.mark.slow
+def test_laplace_matches_nuts_over_all_sites(fitted):
+    # NUTS over every site (morphology pixels and envelopes included), started at the
+    # MAP with the Laplace metric; 2 chains x 400 draws. The sd of an sd from ~400
+    # effective draws is ~4%; the posterior of this S/N ~100 galaxy is close to normal,
+    # so the two agree to 15% (about 3 sd of the Monte Carlo error plus the
+    # non-normality of log-flux and logit-pixel coordinates), the means to 0.3 sd.
+    _, model, fit = fitted
+    approx = mp.laplace(model, fit)
+    post = mp.sample(model, fit, num_warmup=400, num_samples=400, num_chains=2, seed=3)
+    samples = post.samples()
+    at_map = {"shift_native": fit.shift_native("HSC"), "flux": np.asarray(fit.scene.fluxes())}
+    for name in ("shift_native", "flux"):
+        sd = approx.sd(name)
+        draws = np.asarray(samples[name])
+        if name == "shift_native":
+            draws, sd = draws[:, 0], sd[0]
+        print(name, "laplace sd", np.round(sd, 5), "nuts sd", np.round(draws.std(axis=0), 5))
+        np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.15)
+        assert np.all(np.abs(draws.mean(axis=0) - at_map[name]) < 0.3 * sd)
