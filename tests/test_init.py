@@ -100,17 +100,18 @@ def _truth_in_frame(frame, observation):
 
 @functools.cache
 def _scene():
-    """The default initialisation from the space image (shared by several tests)."""
+    """The initialisation from the space image, one component per galaxy (shared)."""
     space, _, frame = _field()
-    return mp.init.from_observation(space, frame)
+    return mp.init.from_observation(space, frame, cores="none")
 
 
 def _check_values(scene):
     for source in scene.sources:
         spectrum = np.asarray(source.spectrum)
         assert np.all(np.isfinite(spectrum)) and np.all(spectrum > 0)
-        morphology = np.asarray(source.morphology)
-        assert np.all(morphology > 0) and np.all(morphology < 1)
+        if isinstance(source, mp.Source):  # cores are parametric
+            morphology = np.asarray(source.morphology)
+            assert np.all(morphology > 0) and np.all(morphology < 1)
 
 
 def _centres(scene):
@@ -142,16 +143,19 @@ def test_one_source_per_detection_inside_the_constraints():
 def test_boxes_are_larger_than_the_footprints(box_growth):
     space, _, frame = _field()
     detections = mp.detection.detect_sources(space, "space", split_peaks=False)
-    scene = mp.init.from_observation(space, frame, box_growth=box_growth)
-    for source, detection in zip(scene.sources, detections, strict=True):
+    scene = mp.init.from_observation(space, frame, box_growth=box_growth, cores="none")
+    smaller = mp.init.from_observation(space, frame, box_growth=1.0, cores="none")
+    for source, small, detection in zip(scene.sources, smaller.sources, detections, strict=True):
         y0, y1, x0, x1 = detection.bbox
-        extent = max(y1 - y0 + 1, x1 - x0 + 1)  # model pixels: same grid here
         height, width = source.box_shape
         assert height == width and height % 2 == 1
-        assert height >= box_growth * extent
-        # the box holds the whole footprint
+        # boxes grow with box_growth (about the light's extent, not the footprint's)
+        assert height >= small.box_shape[0]
+        # the box holds the source's own part of its footprint
+        ys, xs = np.nonzero(detection.own)
         oy, ox = source.origin
-        assert oy <= y0 and ox <= x0 and oy + height > y1 and ox + width > x1
+        assert oy <= ys.min() and ox <= xs.min()
+        assert oy + height > ys.max() and ox + width > xs.max()
 
 
 def test_blended_sources_start_distinct():
@@ -186,15 +190,18 @@ def test_observed_channel_holds_the_forced_flux():
         k = int(np.argmin(np.hypot(*(truth - np.asarray(source.center)).T)))
         if k in (2, 3):
             continue  # the blend's flux split depends on the starting morphologies
-        # a starting point only: the morphology is the noisy, truncated footprint
+        # a starting point only: the morphology is the noisy image inside the light's
+        # region, continued by an exponential envelope outside it (no edges), whose
+        # wings add light a Gaussian galaxy lacks: measured 1.13 - 1.74 of the truth,
+        # the most for the faintest galaxy; the MAP fit refines it
         flux = float(mp.measure.flux(source)[0])
-        assert abs(flux / true_flux[k] - 1) < 0.5
+        assert 0.8 < flux / true_flux[k] < 2.0
 
 
 def test_initialisation_from_the_coarse_image():
     _, ground, frame = _field()
     detections = mp.detection.detect_sources(ground, "ground", split_peaks=False)
-    scene = mp.init.from_observation(ground, frame, image_type="ground")
+    scene = mp.init.from_observation(ground, frame, image_type="ground", cores="none")
     assert len(scene.sources) == len(detections) >= 3
     _check_values(scene)
     spectra = np.array([np.asarray(s.spectrum) for s in scene.sources])
@@ -221,7 +228,7 @@ def test_catalogue_gives_one_source_per_entry():
     space, _, frame = _field()
     blank = (8.0, 50.0)  # empty sky: nothing is detected there
     catalog = _catalogue(space, [blank])
-    scene = mp.init.from_observation(space, frame, catalog=catalog)
+    scene = mp.init.from_observation(space, frame, catalog=catalog, cores="none")
     assert len(scene.sources) == len(TRUTH) + 1
     _check_values(scene)
     # each source sits on its catalogue position (model pixels, through the WCS)
@@ -238,7 +245,7 @@ def test_catalogue_outside_the_frame_warns_and_skips():
     catalog = _catalogue(space, [(-30.0, 20.0), (20.0, 200.0)])
     with pytest.warns(mp.MobsPplWarning, match=r"\[5, 6\].*outside"):
         scene = mp.init.from_observation(space, frame, catalog=catalog)
-    assert len(scene.sources) == len(TRUTH)
+    assert scene.n_groups == len(TRUTH)
     _check_values(scene)
 
 
@@ -257,8 +264,32 @@ def test_single_skycoord_catalogue():
     coord = space.frame.pixel_to_sky(*TRUTH[0][0])
     assert isinstance(coord, SkyCoord) and coord.isscalar
     scene = mp.init.from_observation(space, frame, catalog=coord)
-    assert len(scene.sources) == 1
+    assert scene.n_groups == 1
     _check_values(scene)
+
+
+# -- cores: a second component where the data resolve a bright galaxy --------------------
+
+
+def test_cores_go_to_resolved_bright_galaxies_only():
+    space, _, frame = _field()
+    plain = _scene()
+    scene = mp.init.from_observation(space, frame)
+    assert scene.n_groups == len(plain.sources)
+    psf_width = 1.0  # the space PSF's sigma, pixels (see _field)
+    for g in range(scene.n_groups):
+        members = scene.members(g)
+        envelope = scene.sources[members[0]]
+        assert isinstance(envelope, mp.Source)
+        if len(members) == 2:
+            core = scene.sources[members[1]]
+            assert isinstance(core, mp.GaussianSource)
+            # at the galaxy's centre, more compact than its envelope
+            np.testing.assert_allclose(core.center, envelope.center)
+            assert float(core.radius) < float(envelope.envelope.radius)
+            assert float(envelope.envelope.radius) >= mp.init.CORE_MIN_RADIUS * psf_width
+    with pytest.raises(ValueError, match="cores"):
+        mp.init.from_observation(space, frame, cores="always")
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -352,9 +383,11 @@ def test_joint_detection_adds_what_only_the_coarse_image_sees():
     truth = _truth_sky()
     y, x = space.frame.sky_to_pixel(truth[-1])
     assert not (0 <= y < space.shape[1] and 0 <= x < space.shape[2])  # outside the sharp one
-    alone = mp.init.from_observation(space, frame)
+    alone = mp.init.from_observation(space, frame, cores="none")
     assert len(alone.sources) == 3
-    scene = mp.init.from_observations([space, ground], frame, image_types=["space", "ground"])
+    scene = mp.init.from_observations(
+        [space, ground], frame, image_types=["space", "ground"], cores="none"
+    )
     assert len(scene.sources) == 4
     _check_values(scene)
     # the first three are the sharp image's sources, the added one is the outside galaxy
@@ -364,8 +397,10 @@ def test_joint_detection_adds_what_only_the_coarse_image_sees():
     print(f"\nadded source {separation:.3f} arcsec from the truth")
     assert separation < 0.5 * JOINT_GROUND[1]  # half a coarse pixel
     spectra = np.array([np.asarray(s.spectrum) for s in scene.sources])
-    # the sharp image does not see it: its "a" is the channel's placeholder
-    assert spectra[3, 0] == pytest.approx(1e-3 * np.median(spectra[:3, 0]))
+    # the sharp image does not see it: its "a" is negligible (the channel's placeholder,
+    # 1e-3 of the median, or what forced photometry measures on the edge of its box
+    # that reaches into the sharp image)
+    assert spectra[3, 0] < 1e-2 * np.median(spectra[:3, 0])
     # coarse channels from forced photometry with a morphology cut from the coarse image:
     # it is PSF-broadened and carries the box's floor, so the total comes out high
     # (measured 1.26 of the truth; the MAP fit refines it), but the colour is exact up
@@ -381,7 +416,7 @@ def test_joint_detection_matches_within_the_radius():
     scene = mp.init.from_observations(
         [space, ground], frame, image_types="space", match_radius=10 * u.arcsec
     )
-    assert len(scene.sources) == 3  # everything in the coarse image counts as matched
+    assert scene.n_groups == 3  # everything in the coarse image counts as matched
 
 
 def test_joint_detection_bad_input():
