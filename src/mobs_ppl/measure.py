@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
 from .scene import Scene
 
-__all__ = ["forced_photometry", "flux", "centroid", "moments", "goodness_of_fit"]
+__all__ = [
+    "TemplateShift",
+    "centroid",
+    "flux",
+    "forced_photometry",
+    "goodness_of_fit",
+    "moments",
+    "template_shift",
+]
 
 #: A source is unseen by an observation when less than this fraction of its light lands
 #: in the observation's pixels -- its amplitude there would rest on the faint floor of
@@ -57,7 +67,8 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     log-likelihood, which is quadratic in them: ``a = -H^{-1} g`` with the gradient and
     Hessian at zero. The solution is therefore the generalised least-squares one under
     the observation's noise model (independent pixels, resampled data, or measured
-    correlations) -- exact, not iterative.
+    correlations) -- exact, not iterative. The components of one galaxy (a scene's
+    ``groups``) share one amplitude per channel: their spectra there come out equal.
 
     Parameters
     ----------
@@ -68,7 +79,8 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     shift : array_like, optional
         ``(dy, dx)`` of the observation, in its own pixels (as for ``render``).
     return_covariance : bool
-        Also return the ``(sources x channels)`` covariance of the amplitudes.
+        Also return the ``(sources x channels)`` covariance of the amplitudes (equal
+        rows for the components of one galaxy).
 
     Returns
     -------
@@ -91,7 +103,12 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     if not mapping:
         raise ValueError(f"observation {obs.name!r} shares no channel with the model frame")
     model_channels = jnp.array(list(mapping))
-    templates = _templates(scene)[:, model_channels]
+    groups = np.asarray(scene.groups)
+    # one amplitude per galaxy: the components of a group share it (a core and its
+    # envelope are nearly degenerate in a coarse image; the fit separates their colours)
+    templates = jax.ops.segment_sum(
+        _templates(scene)[:, model_channels], jnp.asarray(groups), scene.n_groups
+    )
     n_sources, n_channels = templates.shape[:2]
 
     def log_likelihood(amplitudes):
@@ -138,6 +155,7 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     covariance = np.full((keep.size, keep.size), np.nan)
     covariance[np.ix_(keep, keep)] = np.linalg.inv(-sub_hessian)
     amplitudes = amplitudes.reshape(n_sources, n_channels)
+    component_index = (groups[:, None] * n_channels + np.arange(n_channels)).ravel()
     floor = 1e-3 * np.nanmax(np.abs(amplitudes), axis=0, keepdims=True)
     bad = seen[:, None] & ~(amplitudes > 0)
     if np.any(bad):
@@ -149,14 +167,18 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
         )
     positive = np.where(bad, np.broadcast_to(floor, amplitudes.shape), amplitudes)
     sources = []
-    for s, source in enumerate(scene.sources):
+    for source, g in zip(scene.sources, groups, strict=True):
         spectrum = np.asarray(source.spectrum).copy()
-        if seen[s]:
-            spectrum[np.asarray(model_channels)] = positive[s]
+        if seen[g]:
+            spectrum[np.asarray(model_channels)] = positive[g]
         sources.append(source.with_spectrum(spectrum))
     out = scene.replace_sources(sources)
     if return_covariance:
-        return out, amplitudes, covariance
+        return (
+            out,
+            amplitudes[groups],
+            covariance[np.ix_(component_index, component_index)],
+        )
     return out
 
 
@@ -225,3 +247,166 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
     for c, name in enumerate(obs.channels):
         out[name] = float(chi2[c] / max(counts[c], 1))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateShift:
+    """Result of :func:`template_shift`.
+
+    Attributes
+    ----------
+    shift : ndarray
+        ``(dy, dx)`` of the target observation, in its native pixels: where the
+        template's light appears in it minus where the WCS puts it.
+    sd : ndarray
+        Standard deviation of ``shift`` from the noise of both images: the target's,
+        and the template's own as it propagates through the rendering (to first
+        order, from the template's weights).
+    amplitudes : dict
+        Fitted scale of the template in every channel used.
+    per_channel : dict
+        The shift fitted in each channel alone, with its sd: ``{channel: (shift, sd)}``
+        (a trend with wavelength means colour gradients).
+    pixels : int
+        Target pixels used.
+    """
+
+    shift: np.ndarray
+    sd: np.ndarray
+    amplitudes: dict
+    per_channel: dict
+    pixels: int
+
+
+def template_shift(template, target, channels=None, margin: float = 2.0) -> TemplateShift:
+    """Astrometric shift of an observation measured against another one's image.
+
+    An estimate of a coarse observation's shift independent of any scene model: the
+    image of a sharp ``template`` observation (e.g. HST) is rendered into the
+    ``target``'s native pixels (PSF-matched by the forward model of
+    :mod:`mobs_ppl.renderer`) and fitted to the target's data channel by channel with
+    a free amplitude per channel and one common shift, by Gauss-Newton on the weighted
+    residuals. Only target pixels whose PSF footprint (``margin`` PSF widths) lies
+    inside the template image are used, so that light from outside the template does
+    not enter.
+
+    Parameters
+    ----------
+    template : Observation
+        The sharp observation whose first channel is the template image.
+    target : Observation
+        The observation whose shift is measured (native, not resampled).
+    channels : sequence of str, optional
+        Channels of ``target`` to fit (default: all). Red channels are closest in
+        colour to a red template.
+    margin : float
+        Target pixels within this many target PSF widths (Gaussian sigma) of the edge
+        of the template image are not used.
+
+    Returns
+    -------
+    TemplateShift
+
+    Notes
+    -----
+    The template image carries the galaxies' light in its own band: a galaxy whose
+    colour varies across it appears in another band with its light elsewhere, so a
+    shift measured this way includes the colour gradients between the template's band
+    and the target's (``per_channel`` shows their trend).
+    """
+    from .frame import Frame
+    from .observation import Observation
+    from .psf import psf_sigma
+
+    channels = list(target.channels if channels is None else channels)
+    unknown = [c for c in channels if c not in target.channels]
+    if unknown:
+        raise ValueError(f"channels {unknown} are not in {target.name!r} {target.channels}")
+    if template.wcs is None or target.wcs is None:
+        raise ValueError("template_shift needs the WCS of both observations")
+    index = [target.channels.index(c) for c in channels]
+    psf = None if target.psf is None else np.asarray(target.psf)
+    if psf is not None and psf.shape[0] > 1:
+        psf = psf[index]
+    sub = Observation(
+        np.asarray(target.data)[index],
+        weights=np.asarray(target.weights)[index],
+        psf=psf,
+        wcs=target.wcs,
+        channels=channels,
+        name=target.name,
+    )
+    image = jnp.asarray(np.asarray(template.data)[0])
+    frame = Frame(
+        (len(channels), *image.shape), wcs=template.wcs, channels=channels, psf=template.psf
+    )
+    bound = sub.match(frame)
+    # target pixels far enough inside the template image
+    width = psf_sigma(np.asarray(sub.psf)) if sub.psf is not None else 1.0
+    inside = np.asarray(bound.renderer.coverage) > 0
+    inside = ndimage.binary_erosion(inside, iterations=max(int(np.ceil(margin * width)), 1))
+    weights = jnp.asarray(np.asarray(sub.weights) * inside[None])
+    pixels = int(np.sum(weights[0] > 0))
+    if pixels == 0:
+        raise ValueError(f"no pixel of {target.name!r} lies far enough inside the template")
+    template_weights = np.asarray(template.weights)[0]
+    template_variance = jnp.asarray(
+        np.where(template_weights > 0, 1.0 / np.where(template_weights > 0, template_weights, 1), 0)
+    )
+
+    def residual(params, image, mask):
+        amplitudes, shift = params[:-2], params[-2:]
+        cube = jnp.broadcast_to(image, frame.shape) * amplitudes[:, None, None]
+        model = bound.render(cube, shift)
+        return (jnp.sqrt(weights * mask[:, None, None]) * (sub.data - model)).ravel()
+
+    residual = jax.jit(residual)
+    jacobian = jax.jit(jax.jacfwd(residual))
+
+    def fit(mask):
+        data = np.asarray(sub.data)
+        w = np.asarray(weights)
+        first = np.asarray(bound.render(jnp.broadcast_to(jnp.asarray(image), frame.shape)))
+        start = np.sum(w * first * data, axis=(1, 2)) / np.maximum(
+            np.sum(w * first * first, axis=(1, 2)), 1e-300
+        )
+        params = jnp.asarray(np.concatenate([np.where(start > 0, start, 1.0), [0.0, 0.0]]))
+        keep = np.concatenate([np.asarray(mask) > 0, [True, True]])
+        for _ in range(20):
+            r = residual(params, image, mask)
+            jac = np.asarray(jacobian(params, image, mask))[:, keep]
+            normal = jac.T @ jac
+            step = np.linalg.solve(normal, -jac.T @ np.asarray(r))
+            full = np.zeros(params.size)
+            full[keep] = step
+            params = params + full
+            if np.max(np.abs(step[-2:])) < 1e-8:
+                break
+        jac = np.asarray(jacobian(params, image, mask))[:, keep]
+        inverse = np.linalg.inv(jac.T @ jac)
+        # the template's noise enters through the model: to first order the estimate
+        # moves by N^-1 J^T (d model / d template) dt, whose covariance the template's
+        # weights give (two reverse passes, one per shift axis)
+        _, pullback = jax.vjp(lambda t: residual(params, t, mask), jnp.asarray(image))
+        rows = inverse[-2:] @ jac.T
+        sensitivity = np.stack([np.asarray(pullback(jnp.asarray(row))[0]).ravel() for row in rows])
+        template_cov = (sensitivity * np.asarray(template_variance).ravel()) @ sensitivity.T
+        covariance = inverse[-2:, -2:] + template_cov
+        return np.asarray(params), np.sqrt(np.diag(covariance))
+
+    params, sd = fit(jnp.ones(len(channels)))
+    per_channel = {}
+    for c, name in enumerate(channels):
+        if len(channels) == 1:
+            per_channel[name] = (params[-2:], sd)
+            break
+        mask = jnp.zeros(len(channels)).at[c].set(1.0)
+        p, s = fit(mask)
+        per_channel[name] = (p[-2:], s)
+    return TemplateShift(
+        shift=params[-2:],
+        sd=sd,
+        amplitudes=dict(zip(channels, params[:-2].tolist(), strict=True)),
+        per_channel=per_channel,
+        pixels=pixels,
+    )
