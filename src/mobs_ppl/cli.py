@@ -58,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         help="never download the data; fail if it is not found locally",
     )
     demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
-    demo.add_argument("--max-iter", type=int, default=400, help="MAP iterations (default 400)")
+    demo.add_argument(
+        "--max-iter",
+        type=int,
+        default=None,
+        help="largest number of MAP iterations (default: fit_map's, which stops at the mode)",
+    )
     demo.add_argument(
         "--samples",
         type=int,
