@@ -43,7 +43,6 @@ import mobs_ppl as mp
 NUM_WARMUP = 300
 NUM_SAMPLES = 1000
 NUM_CHAINS = 4
-MAP_ITERATIONS = 600
 #: Chains one after the other: vectorised chains advance in lockstep, every iteration
 #: as long as the longest of their trees.
 CHAIN_METHOD = "sequential"
@@ -268,8 +267,10 @@ def test_nuts_health_on_cosmos(shared_data_dir):
     model, info = cosmos_model(shared_data_dir)
     n_sources = info["sources"]
     assert 4 <= n_sources <= 10, n_sources
-    fit = mp.fit_map(model, max_iter=MAP_ITERATIONS)
-    assert fit.losses[-1] < fit.losses[0]
+    # the sampler's health over the sites it samples: their mode, morphologies held at
+    # the start (the MAP of every site is tested in test_cosmos_flow.py)
+    fit = mp.fit_map(model, sites=["spectrum", "shift"])
+    assert fit.converged and fit.losses[-1] < fit.losses[0]
     map_seconds = time.perf_counter() - start
 
     post = mp.sample(
