@@ -3,11 +3,20 @@
 The suite runs on the CPU and in float64: x64 is switched on here, at import time,
 before any test builds an array. Tests of float32 behaviour ask for the ``float32``
 fixture, which switches x64 off for the duration of the test only.
+
+JAX's persistent compilation cache is on for the suite (environment variables, so the
+tutorials' subprocesses share it): the COSMOS scene is fitted by several test files and
+a tutorial, and its Newton step alone takes minutes to compile.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mobs_ppl_jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 import pathlib  # noqa: E402
 
