@@ -151,7 +151,7 @@ def fit_map(
     model : SceneModel
         The model to fit.
     max_iter : int, optional
-        Largest number of optimiser steps (default: 200 Newton steps, 1000 Adam steps).
+        Largest number of optimiser steps (default: 500 Newton steps, 1000 Adam steps).
     e_rel : float
         ``method="adam"``: stop when, for every site, the parameter change per step
         relative to its size stays below this over ``check_every`` steps.
@@ -223,7 +223,7 @@ def fit_map(
         problem = PosteriorProblem.build(model, values, fixed)
         result = levenberg_marquardt(
             problem,
-            max_iter=200 if max_iter is None else int(max_iter),
+            max_iter=500 if max_iter is None else int(max_iter),
             tol=tol,
             seed=seed,
             progress_bar=progress_bar,
