@@ -7,8 +7,8 @@ the noise, a pedestal that fills the whole box and biases the flux upward by ten
 per cent (measured on a Gaussian galaxy of S/N 50 in a 41 x 41 box: +65% at the mode
 of NumPyro's unconstrained space). The prior here removes it. Each pixel value ``m`` is
 drawn from a Gamma distribution on the morphology's support ``[0, 1]``
-(:class:`PixelGamma`) whose mean is the envelope ``tau``, a smooth elliptical Sérsic profile with its own
-free parameters:
+(:class:`PixelGamma`) whose mean is the envelope ``tau``, a smooth elliptical Sérsic
+profile with its own free parameters:
 
 ``m_p ~ Gamma(alpha, alpha / tau_p)``,  ``tau_p = PEAK * exp(-b_n ((r_p / R)^(1/n) - ...))``
 
