@@ -141,7 +141,10 @@ def test_fitted_shift_lowers_the_native_hsc_dipole(sim):
         dipoles[key] = residual_dipole(sim.hsc, prediction, centre)[0]
     floor = dipole_noise_floor(sim.hsc, centre)
     print(f"\ndipoles {dipoles}, noise floor {floor:.4f}")
-    assert dipoles["no shift"] > 1.5 * dipoles["shift"]
+    # with the envelope prior and cores (issue 13) the morphologies absorb the offset
+    # without a shift as well (measured D 0.0035 without, 0.0038 with it, noise floor
+    # ~0.004): the dipole no longer tells the two apart, so the shift is tested against
+    # the truth above, and the fit with it must leave no dipole beyond the noise
     assert dipoles["shift"] < 2.0 * floor
 
 
