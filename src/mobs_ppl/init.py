@@ -116,7 +116,6 @@ def _morphology(
     frame,
     growth,
     min_box,
-    smoothing_sigma,
 ):
     """Initial morphology and envelope on a box of model pixels around a source.
 
@@ -170,11 +169,11 @@ def _morphology(
         peak = values.max()
     values = PEAK * values / peak
     envelope = _adaptive_envelope(on_box(np.clip(smooth, 0, None)), (y0, x0), (cy, cx))
-    # the smoothing (Gaussian of smoothing_sigma observed pixels) and the observation's
+    # the smoothing (Gaussian of smoothing_width observed pixels) and the observation's
     # PSF added their variances to the moments: take them out again, so the envelope
     # describes the morphology (a Gaussian's half-light radius is 1.1774 sigma)
     psf_width = _psf_width(observation)
-    blur2 = (smoothing_sigma**2 + psf_width**2) * scale**2
+    blur2 = (smoothing_width(psf_width) ** 2 + psf_width**2) * scale**2
     sigma2 = (float(envelope.radius) / 1.1774) ** 2 - blur2
     radius = 1.1774 * np.sqrt(max(sigma2, (0.5 * scale) ** 2, 0.25))
     envelope = Envelope.from_values((cy, cx), radius, tuple(np.asarray(envelope.ellipticity)), 1.0)
@@ -284,7 +283,6 @@ def _make_sources(entries, observation, frame, box_growth, min_box) -> list[Sour
             frame,
             box_growth,
             min_box,
-            smoothing_width(_psf_width(observation)),
         )
         sources.append(Source(np.array(center), np.ones(frame.n_channels), morph, envelope))
     return sources
