@@ -7,22 +7,27 @@ mode sought is the one of the density NUTS samples and the Laplace approximation
 centred on: NumPyro's unconstrained parameters (log spectra, logit morphologies), i.e.
 the prior includes the log-Jacobians of the transforms.
 
-The iteration works in the constrained coordinates (fluxes, morphology values), where
-the model's prediction is bilinear in spectra and morphologies, so a Gauss-Newton step
-predicts the change of the residuals far better than in log / logit coordinates (on
-COSMOS the same iteration in NumPyro's unconstrained space needs steps 1e6 times more
-damped). The log-Jacobians then act as barrier terms (``-log m - log(1 - m)`` for a
-morphology pixel), and a step is shortened per coordinate so that no value goes more
-than 90% of the way to a bound of its support, as in interior-point methods.
+The iteration works in the constrained coordinates (fluxes, morphology values relative
+to their envelopes), where the model's prediction is bilinear in spectra and
+morphologies, so a Gauss-Newton step predicts the change of the residuals far better
+than in log / logit coordinates (on COSMOS the same iteration in NumPyro's
+unconstrained space needs steps 1e6 times more damped; with log spectra alone it ends
+100 above the objective reached in linear coordinates). The log-Jacobians then act as
+barrier terms (``-log m - log(1 - m)`` for a morphology pixel), and a step is
+shortened per coordinate so that no value goes more than 90% of the way to a bound of
+its support, as in interior-point methods.
 
 Each step solves ``(J^T J + H_prior + lambda D) d = -g`` by preconditioned conjugate
 gradients (:mod:`mobs_ppl.krylov`), matrix-free: ``J v`` and ``J^T w`` by forward and reverse
-differentiation of the residuals linearised once per step, ``H_prior v`` exactly (the
-prior terms' Hessian-vector product). ``D``, also the preconditioner, is the diagonal
-of ``J^T J + H_prior``: that of ``J^T J`` from random projections
-(``E[(J^T z)^2]``, ``z`` standard normal over the residuals: no cross terms, so 16
-projections give it to ~35%), that of ``H_prior`` from Rademacher probes (exact for the
-elementwise priors of the scene). The damping ``lambda`` follows the ratio of actual to
+differentiation of the residuals linearised once per step, ``H_prior v`` by
+differentiating the prior terms. ``H_prior`` is a positive semi-definite model of their
+Hessian, as ``J^T J`` is of the likelihood's: exact for every term but the upper barrier
+``-log(1 - m)`` of the morphologies iterated relative to their envelopes, which enters
+by its Gauss-Newton term (:meth:`PosteriorProblem.convex_prior_potential` says why).
+``D``, also the preconditioner, is the diagonal of ``J^T J + H_prior``: that of
+``J^T J`` from random projections (``E[(J^T z)^2]``, ``z`` standard normal over the
+residuals: no cross terms, so 16 projections give it to ~35%), that of ``H_prior`` from
+Rademacher probes. The damping ``lambda`` follows the ratio of actual to
 predicted decrease (Nielsen's rule).
 
 Converged means the Newton decrement ``sqrt(g^T H^{-1} g)`` (with the Gauss-Newton
@@ -60,9 +65,11 @@ DEFAULT_TOL = 0.1
 _DECREMENT_CG_STEPS = 1000
 _DECREMENT_RTOL = 1e-3
 
-#: Largest (relative) damping at which an estimated decrement below the tolerance is
-#: confirmed by an undamped solve.
-_CONFIRM_DAMPING = 0.1
+#: Smallest ratio of actual to predicted decrease of the objective for a step to count.
+_GAIN_ACCEPT = 1e-4
+
+#: Shortest fraction of a Gauss-Newton step tried along its direction before damping.
+_SHORTEST_STEP = 0.2
 
 #: A step moves a bounded coordinate at most this fraction of the way to its bound.
 _FRACTION_TO_BOUNDARY = 0.9
@@ -155,7 +162,7 @@ class PosteriorProblem(eqx.Module):
         took tens of steps to follow a change of its radius or index; 8 steps instead
         of 88 on a one-galaxy simulation).
     positive_sites : frozenset
-        Sites whose coordinates are bounded below by zero.
+        Sites whose coordinates are bounded below by zero (the tied morphologies).
     """
 
     model: object
@@ -252,6 +259,46 @@ class PosteriorProblem(eqx.Module):
             total = total + jnp.sum(site["fn"].log_prob(value))
             total = total + jnp.sum(transform.log_abs_det_jacobian(transform.inv(value), value))
         return -total
+
+    def upper_at(self, z) -> jax.Array:
+        """Upper bounds of the coordinates at ``z``.
+
+        A tied morphology's coordinate ``u = m / envelope`` is bounded by ``1 /
+        envelope``, which moves with the envelope's parameters: the bound holds for a
+        step that leaves them (nearly) where they are.
+        """
+        if not self.ties:
+            return self.upper
+        values = self.unravel(z)
+        blocks = self.unravel(self.upper)
+        for morphology, envelope, index in self.ties:
+            blocks[morphology] = 1.0 / self._envelope(index, values[envelope])
+        return self.ravel(blocks)
+
+    def tied_values(self, z) -> jax.Array:
+        """The pixels of the tied morphologies at ``z``, concatenated (constrained space)."""
+        values = self.values(z)
+        return _concatenate([values[morphology] for morphology, _, _ in self.ties])
+
+    def convex_prior_potential(self, z) -> jax.Array:
+        """The prior terms but the upper barrier ``-log(1 - m)`` of the tied morphologies.
+
+        In the coordinates of a tied morphology (``u = m / envelope``) the Gamma prior
+        of its pixels with the log-Jacobian ``log m`` of the logit transform does not
+        depend on the envelope (its ``log envelope`` terms cancel) and is convex in
+        ``u``; only the upper barrier ``-log(1 - u envelope(theta))`` feels the
+        envelope's parameters, through a sum over the box that is not convex in them
+        (the envelope's area falls either way from round: on COSMOS its exact Hessian
+        has curvature -200 along an ellipticity where the data give +15). The curvature
+        of :func:`levenberg_marquardt` therefore takes the exact Hessian of this part,
+        and the barrier's Gauss-Newton term (:meth:`barrier_curvature`): a model
+        convex like the Gauss-Newton one of the likelihood, whose dropped
+        second-order terms cancel at the mode.
+        """
+        barrier = 0.0
+        if self.ties:
+            barrier = jnp.sum(jnp.log1p(-self.tied_values(z)))
+        return self.prior_potential(z) + barrier
 
     def residual(self, z) -> jax.Array:
         """Whitened residuals of every observation, concatenated."""
@@ -367,11 +414,30 @@ def _collective_directions(problem: PosteriorProblem, z) -> jax.Array:
     return jnp.stack(directions)
 
 
+def _prior_curvature(problem: PosteriorProblem, z):
+    """``v -> H v`` of a positive semi-definite model of the prior terms' Hessian.
+
+    The exact Hessian of :meth:`PosteriorProblem.convex_prior_potential`, plus the
+    Gauss-Newton term ``J^T diag(1 / (1 - m)^2) J`` of the tied morphologies' upper
+    barrier (``J = dm / dz``); without ties, the exact Hessian of the prior terms.
+    """
+    _, convex_hvp = jax.linearize(jax.grad(problem.convex_prior_potential), z)
+    if not problem.ties:
+        return convex_hvp
+    tied, tied_jvp = jax.linearize(problem.tied_values, z)
+    tied_vjp = jax.linear_transpose(tied_jvp, z)
+    weight = 1.0 / (1.0 - tied) ** 2
+
+    def hvp(v):
+        return convex_hvp(v) + tied_vjp(weight * tied_jvp(v))[0]
+
+    return hvp
+
+
 def _operator_parts(problem: PosteriorProblem, z):
     _, jvp = jax.linearize(problem.residual, z)
     vjp = jax.linear_transpose(jvp, z)
-    _, prior_hvp = jax.linearize(jax.grad(problem.prior_potential), z)
-    return jvp, vjp, prior_hvp
+    return jvp, vjp, _prior_curvature(problem, z)
 
 
 def _diagonal(jvp, vjp, prior_hvp, z, key, n_projections: int):
@@ -401,7 +467,8 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
     """One damped Gauss-Newton step from ``z``: the objective there, the step and more."""
     r, jvp = jax.linearize(problem.residual, z)
     vjp = jax.linear_transpose(jvp, z)
-    prior_gradient, prior_hvp = jax.linearize(jax.grad(problem.prior_potential), z)
+    prior_gradient = jax.grad(problem.prior_potential)(z)
+    prior_hvp = _prior_curvature(problem, z)
     f = 0.5 * jnp.sum(r**2) + problem.prior_potential(z)
     gradient = vjp(r)[0] + prior_gradient
     diag = _diagonal(jvp, vjp, prior_hvp, z, key, n_projections)
@@ -424,11 +491,11 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
     raw = scale * y
     decrement2 = jnp.where(positive | (n_cg > 1), -jnp.dot(gradient, raw), jnp.nan)
     # fraction to the boundary, coordinate by coordinate
-    room_up = jnp.where(raw > 0, _FRACTION_TO_BOUNDARY * (problem.upper - z), jnp.inf)
+    room_up = jnp.where(raw > 0, _FRACTION_TO_BOUNDARY * (problem.upper_at(z) - z), jnp.inf)
     room_down = jnp.where(raw < 0, _FRACTION_TO_BOUNDARY * (z - problem.lower), jnp.inf)
     d = jnp.clip(raw, -room_down, room_up)
-    predicted = -(jnp.dot(gradient, d) + 0.5 * jnp.dot(d, curvature(d)))
-    return f, d, predicted, decrement2, n_cg
+    slope, quadratic = jnp.dot(gradient, d), jnp.dot(d, curvature(d))
+    return f, d, slope, quadratic, decrement2, n_cg
 
 
 def levenberg_marquardt(
@@ -500,7 +567,9 @@ def levenberg_marquardt(
     iterations = 0
     for iterations in range(1, int(max_iter) + 1):  # noqa: B007 - used after the loop
         key, sub = jax.random.split(key)
-        f, d, predicted, decrement2, n_cg = step(z, sub, damping, rtol, cg_max_steps)
+        f, d, slope, quadratic, decrement2, n_cg = step(z, sub, damping, rtol, cg_max_steps)
+        slope, quadratic = float(slope), float(quadratic)
+        predicted = -(slope + 0.5 * quadratic)
         if not losses:
             if not np.isfinite(float(f)):
                 raise FloatingPointError(
@@ -509,37 +578,55 @@ def levenberg_marquardt(
                 )
             losses.append(float(f))
         cg_steps.append(int(n_cg))
-        decrement2, predicted = float(decrement2), float(predicted)
+        decrement2 = float(decrement2)
         usable = np.isfinite(decrement2) and decrement2 > 0 and predicted > 0
         estimate = math.sqrt(decrement2) if usable else math.nan
-        if usable and damping <= _CONFIRM_DAMPING and estimate < confirm_below:
-            # little damped: the solve is close to the Newton step; confirm with a tight
-            # undamped solve (which costs up to _DECREMENT_CG_STEPS products, so after a
-            # failed confirmation the estimate must halve before the next)
+        if usable and estimate * math.sqrt(1.0 + damping) < confirm_below:
+            # the damped solve's decrement, scaled up by the damping (with the Jacobi
+            # damping, (H + lambda D)^-1 is about H^-1 / (1 + lambda)), is below the
+            # tolerance: confirm with a tight undamped solve (which costs up to
+            # _DECREMENT_CG_STEPS products, so after a failed confirmation the estimate
+            # must halve before the next)
             decrement = _decrement(step, z, sub)
+            if log is not None:
+                log(f"step {iterations}: undamped decrement {decrement:.3g} (tolerance {tol})")
             if decrement < tol:
                 converged = True
                 break
             confirm_below = 0.5 * estimate
-        ratio = -1.0
+        ratio, length = -1.0, 1.0
         if usable:
             f_new = float(objective(z + d))
-            ratio = (float(f) - f_new) / predicted
-        if usable and np.isfinite(f_new) and ratio > 1e-4:
-            z = z + d
+            ratio = (float(f) - f_new) / predicted if np.isfinite(f_new) else -1.0
+            # a step the quadratic model got wrong: before damping more (and solving
+            # again), try shorter steps along the same direction, which cost one
+            # evaluation of the objective each (on COSMOS, where a direction of strong
+            # nonlinearity turns up every ten steps or so, this saves most of the
+            # steps that raising and lowering the damping again would take)
+            while ratio <= _GAIN_ACCEPT and length > _SHORTEST_STEP:
+                length *= 0.5
+                shorter = -(length * slope + 0.5 * length**2 * quadratic)
+                f_new = float(objective(z + length * d))
+                ratio = (float(f) - f_new) / shorter if np.isfinite(f_new) else -1.0
+        if usable and ratio > _GAIN_ACCEPT:
+            z = z + length * d
             losses.append(f_new)
-            damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+            if length < 1.0:
+                damping *= 2.0
+            else:
+                damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
             nu = 2.0
             rtol = float(np.clip(0.1 * estimate, 1e-4, 0.1))
         else:
-            # a worse point, or a solve that is no descent direction (the prior's
-            # curvature is not positive everywhere): damp more, which makes it so
+            # no shorter step decreases the objective either, or the solve is no
+            # descent direction: damp more
             damping *= nu
             nu *= 2.0
         if log is not None:
             log(
                 f"step {iterations}: objective {losses[-1]:.8g}, decrement ~{estimate:.3g}, "
-                f"damping {damping:.2g}, gain ratio {ratio:.3g}, CG {int(n_cg)}"
+                f"damping {damping:.2g}, gain ratio {ratio:.3g}, step length {length:.3g}, "
+                f"CG {int(n_cg)}"
             )
         if bar is not None:
             bar.update(1)
@@ -565,7 +652,7 @@ def levenberg_marquardt(
 
 def _decrement(step, z, key) -> float:
     """Newton decrement at ``z`` from an undamped, tight solve (``inf``: no mode)."""
-    _, _, _, decrement2, _ = step(z, key, 0.0, _DECREMENT_RTOL, _DECREMENT_CG_STEPS)
+    decrement2 = step(z, key, 0.0, _DECREMENT_RTOL, _DECREMENT_CG_STEPS)[4]
     decrement2 = float(decrement2)
     # a solve that meets non-positive curvature at once means the point is no mode
     return math.sqrt(decrement2) if np.isfinite(decrement2) and decrement2 > 0 else math.inf
