@@ -313,14 +313,16 @@ def _run_chunk(seeds, cores, noise):
 def run_batch(seeds, cores: str = "auto", noise: bool = True, workers: int = 1):
     """:func:`run_scene` over ``seeds``, shared out between ``workers`` spawned processes.
 
-    Each process is replaced after a few scenes: every scene has its own box sizes, so
-    its own compiled functions, which a long-lived process would keep in memory.
+    Each process is replaced after every scene: every scene has its own box sizes, so
+    its own compiled functions, which a longer-lived process would keep in memory (after
+    three scenes a process held ~4 GB; with the suite's two workers beside it that went
+    past the 24 GB of a CI machine).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     seeds = list(seeds)
-    chunks = [seeds[i : i + 3] for i in range(0, len(seeds), 3)]
+    chunks = [[seed] for seed in seeds]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
         parts = list(pool.map(_run_chunk, chunks, [cores] * len(chunks), [noise] * len(chunks)))

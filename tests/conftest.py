@@ -91,3 +91,20 @@ def float32():
 def rng() -> np.random.Generator:
     """A seeded NumPy generator, the same in every test."""
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Free JAX's in-memory caches of compiled code after each test file.
+
+    Every scene shape compiles its own functions, and a pytest-xdist worker runs many
+    files: without this a worker held 7-9 GB by the time the COSMOS and calibration
+    files ran, and with the calibration's two processes the suite went past 24 GB (a
+    worker was killed for memory). Big compilations come back from the persistent
+    cache.
+    """
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()

@@ -68,3 +68,34 @@ def test_fit_map_validates_its_arguments(small):
         mp.fit_map(model, method="bfgs")
     with pytest.raises(ValueError, match="tol"):
         mp.fit_map(model, tol=-1.0)
+
+
+def test_prior_curvature_model_is_positive_semi_definite():
+    # the exact prior Hessian in the fit's coordinates (morphologies relative to their
+    # envelopes) is not positive definite (the upper barrier -log(1 - m) is not convex
+    # in the envelope's parameters); the model the Newton steps use must be, and must
+    # differ from the exact one only by that barrier's second-order term
+    from mobs_ppl.newton import PosteriorProblem, _prior_curvature
+    from mobs_ppl.sites import split_sites
+
+    model = default_model(simulate(3, n_galaxies=1, hst_size=20, hsc_size=5))
+    values, fixed = split_sites(model, model.init_values(), None)
+    problem = PosteriorProblem.build(model, values, fixed)
+    assert problem.ties
+    z = problem.start
+    eye = jnp.eye(z.size, dtype=z.dtype)
+    modelled = np.asarray(jax.vmap(_prior_curvature(problem, z))(eye))
+    exact = np.asarray(jax.hessian(problem.prior_potential)(z))
+    scale = np.max(np.abs(np.diag(exact)))
+    np.testing.assert_allclose(modelled, modelled.T, atol=1e-9 * scale)
+    assert np.linalg.eigvalsh(modelled).min() > -1e-9 * scale
+    # what is left out: the barrier's Hessian minus its Gauss-Newton term, which is
+    # (-log(1 - m))' m'' = m'' / (1 - m) in every pixel -- small next to the rest
+    tied = jax.jacfwd(problem.tied_values)(z)
+    m = np.asarray(problem.tied_values(z))
+    barrier_gn = np.asarray(tied).T @ (np.asarray(tied) / (1 - m)[:, None] ** 2)
+    barrier = jax.hessian(lambda x: -jnp.sum(jnp.log1p(-problem.tied_values(x))))
+    barrier_exact = np.asarray(barrier(z))
+    np.testing.assert_allclose(
+        modelled - barrier_gn, exact - barrier_exact, atol=1e-8 * scale, rtol=1e-8
+    )

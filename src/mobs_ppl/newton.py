@@ -162,7 +162,7 @@ class PosteriorProblem(eqx.Module):
         took tens of steps to follow a change of its radius or index; 8 steps instead
         of 88 on a one-galaxy simulation).
     positive_sites : frozenset
-        Sites whose coordinates are bounded below by zero (the tied morphologies).
+        Sites whose coordinates are bounded below by zero.
     """
 
     model: object
@@ -291,7 +291,7 @@ class PosteriorProblem(eqx.Module):
         (the envelope's area falls either way from round: on COSMOS its exact Hessian
         has curvature -200 along an ellipticity where the data give +15). The curvature
         of :func:`levenberg_marquardt` therefore takes the exact Hessian of this part,
-        and the barrier's Gauss-Newton term (:meth:`barrier_curvature`): a model
+        and the barrier's Gauss-Newton term (``newton._prior_curvature``): a model
         convex like the Gauss-Newton one of the likelihood, whose dropped
         second-order terms cancel at the mode.
         """
