@@ -56,10 +56,11 @@ def _check_joint_cosmos_flow(numbers):
     ``laplace`` would warn); marginal error bars are never narrower than conditional
     ones; every native HSC band and F814W has chi2/dof <= 1.5 (from HST detections
     alone the galaxy on the HSC edge is missing and i, z, y stay far above). Then the
-    fit must have reached the mode (Newton decrement below 0.1): the tutorial stops at 150 steps, where the
-    decrement is ~0.8 (the HSC-edge galaxy's flux-position valley), so this last
-    criterion of issue 13 is an expected failure until that is solved (and with it the
-    marginal approximation's decrement, which at that point is about the fit's).
+    fit must have reached the mode (Newton decrement below 0.1): the tutorial stops at
+    150 steps, where the decrement is ~0.8 (the HSC-edge galaxy's flux-position
+    valley), so this last criterion of issue 13 is an expected failure until that is
+    solved (and with it the marginal approximation's decrement, which at that point is
+    about the fit's).
     """
     assert numbers["laplace_decrement_conditional"] <= 1.0
     marginal = np.asarray(numbers["shift_native_sd_px"])
