@@ -80,21 +80,38 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 def test_missing_data_without_download(tmp_path, capsys, no_data):
-    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--no-download"])
+    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--no-download", "--field", "cosmos"])
     assert code != 0
     err = capsys.readouterr().err
     assert err.startswith("mobs-ppl: error:")
-    assert "MOBS_PPL_DATA_DIR" in err and "--data-dir" in err
+    assert "MOBS_PPL_DATA_DIR" in err and "--data-dir" in err and "--field simulated" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
 def test_failed_download_gives_a_readable_message(tmp_path, capsys, no_data):
-    code = cli.main(["demo", "--out", str(tmp_path / "out")])
+    code = cli.main(["demo", "--out", str(tmp_path / "out"), "--field", "cosmos"])
     assert code != 0
     err = capsys.readouterr().err
     assert "could not download" in err and "MOBS_PPL_DATA_DIR" in err
     assert "Traceback" not in err
+
+
+def test_demo_without_data_or_network_runs_on_a_simulated_field(tmp_path, capsys, no_data):
+    out = tmp_path / "out"
+    code = cli.main(["demo", "--out", str(out), "--repeat", "1", "--no-fit"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "could not download" in captured.err and "simulated" in captured.err
+    assert "data: simulated field (seed 0)" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == "simulated field (seed 0)"
+    assert len(summary["truth"]["shift_native_px"]) == 2
+    assert summary["frame"]["channels"] == ["F814W", "g", "r", "i", "z", "y"]
+    # the rendering stage's crude cube (HST pixels scaled per band) cannot fit HSC, but
+    # every band's chi2 is finite and positive
+    assert all(0 < band["chi2_per_dof"] < np.inf for band in summary["chi2"].values())
+    assert not (out / "summary.json.partial").exists()
 
 
 def test_bad_data_dir(tmp_path, capsys):

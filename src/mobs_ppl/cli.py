@@ -37,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run the demonstration on the COSMOS HST + HSC field",
         description=(
-            "Load the COSMOS HST (F814W) and HSC (g, r, i, z, y) images, build the model "
-            "frame, bind both observations to it, render a simple model cube into each and "
-            "report timings and chi-squared per band. Writes OUT/summary.json."
+            "Load the COSMOS HST (F814W) and HSC (g, r, i, z, y) images (or, without data "
+            "or network, a simulated field with a known shift), build the model frame, "
+            "bind both observations to it, render a simple model cube into each and "
+            "report timings and chi-squared per band; then fit them jointly. Writes "
+            "OUT/summary.json, the fit and plots."
         ),
     )
     demo.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
@@ -55,7 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-download",
         action="store_true",
-        help="never download the data; fail if it is not found locally",
+        help="never download the data; use what is found locally",
+    )
+    demo.add_argument(
+        "--field",
+        choices=("auto", "cosmos", "simulated"),
+        default="auto",
+        help=(
+            "cosmos: the real COSMOS field (fail if it cannot be found or downloaded); "
+            "simulated: a simulated HST + HSC field with a known shift, needing no data; "
+            "auto (default): COSMOS when found or downloadable, else the simulated field "
+            "(an explicit --data-dir or $MOBS_PPL_DATA_DIR must hold the COSMOS files)"
+        ),
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulated field (default 0)"
     )
     demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
     demo.add_argument(
@@ -148,6 +164,51 @@ def _chi2_per_dof(observation, image) -> dict[str, dict[str, float]]:
     return out
 
 
+def _load_field(args):
+    """The demo's observations: ``(hst, hsc, description, truth or None)``, or None.
+
+    ``None`` means the COSMOS data were required and could not be had; the reason has
+    been printed. In ``auto`` mode without an explicit data location, a missing or
+    undownloadable COSMOS field falls back to :func:`mobs_ppl.synthetic.simulated_field`.
+    """
+    import os
+
+    from . import datasets
+    from .synthetic import simulated_field
+
+    explicit = args.data_dir is not None or os.environ.get(datasets.DATA_DIR_ENV, "").strip()
+    if args.field != "simulated":
+        try:
+            files = datasets.cosmos_files(args.data_dir, download=not args.no_download)
+        except OSError as err:  # not found, or the download failed
+            if args.field == "cosmos" or explicit:
+                print(f"{PROG}: error: {err}", file=sys.stderr)
+                print(
+                    f"{PROG}: hint: on the command line, give --data-dir DIR (a directory "
+                    f"holding {datasets.COSMOS_FOLDER}/) or set {datasets.DATA_DIR_ENV}; "
+                    "or run on a simulated field with --field simulated",
+                    file=sys.stderr,
+                )
+                return None
+            print(
+                f"{PROG}: the COSMOS data are not available ({err}); running the demo on a "
+                f"simulated HST + HSC field instead (seed {args.seed}). For the real field "
+                f"give --data-dir DIR or set {datasets.DATA_DIR_ENV}.",
+                file=sys.stderr,
+            )
+        else:
+            folder = pathlib.Path(files["Cut_HST.fits"]).parent
+            hst, hsc = datasets.load_cosmos(folder, download=False)
+            return hst, hsc, str(folder), None
+    field = simulated_field(args.seed)
+    truth = {
+        "shift_native_px": field.true_shift_native.tolist(),
+        "positions_deg": [[c.ra.deg, c.dec.deg] for c in field.positions],
+        "fluxes": field.fluxes.tolist(),
+    }
+    return field.hst, field.hsc, f"simulated field (seed {args.seed})", truth
+
+
 def _demo(args) -> int:
     import jax
 
@@ -155,7 +216,6 @@ def _demo(args) -> int:
 
     import numpy as np
 
-    from . import datasets
     from .frame import Frame
     from .psf import psf_sigma
 
@@ -164,19 +224,12 @@ def _demo(args) -> int:
     print(f"{PROG} {_version()} demo (jax {jax.__version__}, {jax.default_backend()}, float64)")
 
     start = time.perf_counter()
-    try:
-        files = datasets.cosmos_files(args.data_dir, download=not args.no_download)
-    except OSError as err:  # not found, or the download failed
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        print(
-            f"{PROG}: hint: on the command line, give --data-dir DIR (a directory holding "
-            f"{datasets.COSMOS_FOLDER}/) or set {datasets.DATA_DIR_ENV}",
-            file=sys.stderr,
-        )
+    loaded = _load_field(args)
+    if loaded is None:
         return 1
-    hst, hsc = datasets.load_cosmos(pathlib.Path(files["Cut_HST.fits"]).parent, download=False)
+    hst, hsc, source, truth = loaded
     t_load = time.perf_counter() - start
-    print(f"data: {pathlib.Path(files['Cut_HST.fits']).parent} (loaded in {t_load:.2f} s)")
+    print(f"data: {source} (loaded in {t_load:.2f} s)")
     for obs in (hst, hsc):
         sigma = 1.0 / np.sqrt(np.asarray(obs.weights)[:, 0, 0])
         noise = ", ".join(f"{b} {s:.3g}" for b, s in zip(obs.channels, sigma, strict=True))
@@ -244,7 +297,8 @@ def _demo(args) -> int:
     summary = {
         "version": _version(),
         "jax": {"version": jax.__version__, "backend": jax.default_backend(), "x64": True},
-        "data_dir": str(pathlib.Path(files["Cut_HST.fits"]).parent),
+        "data": source,
+        "truth": truth,
         "frame": {
             "shape": list(frame.shape),
             "pixel_scale_arcsec": scale,
@@ -273,10 +327,21 @@ def _demo(args) -> int:
             num_samples=args.samples,
             log=lambda line: print("  " + line.replace("\n", "\n  ")),
         )
+        if truth is not None:
+            fitted = np.asarray(summary["fit"]["shift_native_px"])
+            sd = np.asarray(summary["fit"]["shift_native_sd_px"])
+            true = np.asarray(truth["shift_native_px"])
+            summary["fit"]["shift_z"] = ((fitted - true) / sd).tolist()
+            print(
+                f"  true shift of HSC {np.round(true, 3)} native px; fitted - true = "
+                f"{np.round(fitted - true, 3)} = {np.round((fitted - true) / sd, 2)} marginal sd"
+            )
         summary["total_s"] = time.perf_counter() - t_start
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    partial.replace(path)  # atomic: a reader never sees half a summary
     print(f"wrote {path}")
     return 0
 
