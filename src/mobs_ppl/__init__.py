@@ -14,6 +14,7 @@ from . import (
     psf,
     resample,
     sky,
+    synthetic,
 )
 from ._warnings import MobsPplWarning
 from .correlated import CorrelatedObservation
@@ -71,6 +72,7 @@ __all__ = [
     "psf",
     "relative_jacobian",
     "sky",
+    "synthetic",
     "load_fit",
     "load_posterior",
     "load_scene",
