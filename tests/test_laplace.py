@@ -173,6 +173,10 @@ def test_laplace_refuses_a_point_that_is_not_a_mode(problem):
     low = {"spectrum": np.array([[0.4], [0.15]])}
     with pytest.raises(ValueError, match="not positive definite"):
         mp.laplace(model, low, sites=["spectrum"])
+    # the matrix-free solves refuse it too (they stop at the first direction of
+    # non-positive curvature)
+    with pytest.raises(ValueError, match="non-positive curvature"):
+        mp.laplace(model, low, sites=["spectrum"], method="matrix-free")
     # above it the curvature is positive, but the mode is many sd away: a warning
     high = {"spectrum": np.array([[8.0], [3.0]])}
     with pytest.warns(mp.MobsPplWarning, match="posterior sd from this point"):

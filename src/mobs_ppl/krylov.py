@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["conjugate_gradient", "two_level_preconditioner"]
+__all__ = ["balancing_preconditioner", "conjugate_gradient", "two_level_preconditioner"]
 
 
 def conjugate_gradient(
@@ -103,7 +103,19 @@ def two_level_preconditioner(
     if directions.shape[0] == 0:
         return lambda r: r
     basis = jnp.linalg.qr(directions.T)[0]
-    applied = jax.lax.map(operator, basis.T).T
+    return balancing_preconditioner(basis, jax.lax.map(operator, basis.T).T)
+
+
+def balancing_preconditioner(basis: jax.Array, applied: jax.Array):
+    """The preconditioner of :func:`two_level_preconditioner` from products already made.
+
+    Parameters
+    ----------
+    basis : jax.Array
+        ``(n, k)`` orthonormal columns ``W`` (``k >= 1``).
+    applied : jax.Array
+        ``(n, k)``: ``A W``.
+    """
     small = basis.T @ applied
     factor = jax.scipy.linalg.cho_factor(0.5 * (small + small.T))
 

@@ -346,7 +346,7 @@ def laplace(
         decrement = float(np.sqrt(gradient @ covariance @ gradient))
     else:
         covariance = None
-        solutions, positive, steps = _marginal_solves(
+        solutions, steps, positive = _marginal_solves(
             problem,
             jnp.asarray(np.vstack([rows, gradient])),
             jax.random.PRNGKey(seed),
@@ -407,13 +407,13 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     -------
     solutions : jax.Array
         One row per right-hand side.
-    positive : jax.Array
-        Per solve, whether every curvature met was positive.
     steps : jax.Array
         Conjugate-gradient iterations per solve.
+    positive : jax.Array
+        Per solve, whether every curvature met was positive.
     """
-    from .krylov import conjugate_gradient, two_level_preconditioner
-    from .newton import _collective_directions, _diagonal, _operator_parts
+    from .krylov import balancing_preconditioner, conjugate_gradient
+    from .newton import _collective_directions, _operator_parts
 
     coordinates = problem.coordinates
     u = problem.location
@@ -422,14 +422,39 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     _, along = jax.linearize(coordinates.to_unconstrained, x0)
     back = jax.linear_transpose(along, x0)
     jvp, vjp, prior_hvp = _operator_parts(coordinates, x0)
-    diag = _diagonal(jvp, vjp, prior_hvp, x0, key, 16)
+    # the Gauss-Newton diagonal by random projections of the rows (as fit_map does)
+    k_rows, k_prior = jax.random.split(key)
+    n_rows = jax.eval_shape(jvp, x0).shape
+    projections = jax.random.normal(k_rows, (16, *n_rows), dtype=x0.dtype)
+    gauss_newton_diagonal = jnp.mean(jax.lax.map(lambda w: vjp(w)[0] ** 2, projections), 0)
+    # every product with the Gauss-Newton curvature at one place: the prior diagonal's
+    # probes and the coarse directions W themselves (the scaled operator's products on
+    # the orthonormal basis of W / scale follow from them linearly, see below)
+    probes = jax.random.rademacher(k_prior, (4, x0.size), dtype=x0.dtype)
+    directions = _collective_directions(coordinates, x0)
+    n_coarse = directions.shape[0]
+
+    def products(v):
+        return vjp(jvp(v))[0], prior_hvp(v)
+
+    gauss_newton, prior = jax.lax.map(products, jnp.concatenate([probes, directions]))
+    prior_diagonal = jnp.mean(probes * prior[: probes.shape[0]], axis=0)
+    diag = jnp.maximum(gauss_newton_diagonal + jnp.abs(prior_diagonal), 1e-30)
     scale = 1.0 / jnp.sqrt(diag)
+    if n_coarse:
+        # W / scale = Q R: the scaled operator S H S applied to Q = (W / scale)^T R^-1
+        # is S (H W^T) R^-1 (W's supports are disjoint sites, so R is well conditioned)
+        q, upper = jnp.linalg.qr((directions / scale[None, :]).T)
+        applied_w = (gauss_newton + prior)[probes.shape[0] :].T  # (n, k): H W^T
+        applied = (
+            scale[:, None]
+            * jax.scipy.linalg.solve_triangular(upper, applied_w.T, trans="T", lower=False).T
+        )
+        inner = balancing_preconditioner(q, applied)
+    else:
 
-    def scaled(y):
-        return scale * (vjp(jvp(scale * y))[0] + prior_hvp(scale * y))
-
-    coarse = _collective_directions(coordinates, x0) / scale[None, :]
-    inner = two_level_preconditioner(scaled, coarse)
+        def inner(r):
+            return r
 
     def precondition(r):
         return along(scale * inner(scale * back(r)[0]))

@@ -438,17 +438,6 @@ def _operator_parts(problem: PosteriorProblem, z):
     return jvp, vjp, _prior_curvature(problem, z)
 
 
-def _diagonal(jvp, vjp, prior_hvp, z, key, n_projections: int):
-    """Diagonal of ``J^T J + H_prior``: random projections for ``J^T J``, probes for the prior."""
-    n_rows = jax.eval_shape(jvp, z).shape
-    k_rows, k_prior = jax.random.split(key)
-    rows = jax.random.normal(k_rows, (n_projections, *n_rows), dtype=z.dtype)
-    gauss_newton = jnp.mean(jax.lax.map(lambda w: vjp(w)[0] ** 2, rows), axis=0)
-    probes = jax.random.rademacher(k_prior, (4, z.size), dtype=z.dtype)
-    prior = jnp.mean(jax.lax.map(lambda v: v * prior_hvp(v), probes), axis=0)
-    return jnp.maximum(gauss_newton + jnp.abs(prior), 1e-30)
-
-
 def _traced(damping, rtol, max_steps):
     """The step's numeric settings as arrays, so that changing them does not recompile."""
     dtype = jnp.result_type(float)
