@@ -51,7 +51,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
-	@for script in inference error_bars scaling; do \
+	@for script in inference error_bars scaling newton_step; do \
 	  if [ -f benchmarks/$$script.py ]; then $(BIN)/python benchmarks/$$script.py || exit 1; fi; \
 	done
 
