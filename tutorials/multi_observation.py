@@ -157,7 +157,7 @@ print(
 )
 
 post = mp.sample(
-    model, init=fit, sites=["shift"], num_warmup=300, num_samples=500, num_chains=2, seed=0
+    model, init=fit, sites=["shift"], num_warmup=200, num_samples=300, num_chains=2, seed=0
 )
 idata = post.to_arviz()  # dims: observation, axis, source, channel
 print(az.summary(idata, var_names=["shift_native"], round_to="none"))
