@@ -70,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
             "(an explicit --data-dir or $MOBS_PPL_DATA_DIR must hold the COSMOS files)"
         ),
     )
-    demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the simulated field (default 0)"
-    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated field (default 0)")
     demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
     demo.add_argument(
         "--max-iter",

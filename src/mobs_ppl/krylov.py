@@ -19,7 +19,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["balancing_preconditioner", "conjugate_gradient", "two_level_preconditioner"]
+__all__ = [
+    "apply_balancing",
+    "balancing_preconditioner",
+    "coarse_factor",
+    "conjugate_gradient",
+    "two_level_preconditioner",
+]
 
 
 def conjugate_gradient(
@@ -116,15 +122,22 @@ def balancing_preconditioner(basis: jax.Array, applied: jax.Array):
     applied : jax.Array
         ``(n, k)``: ``A W``.
     """
+    factor = coarse_factor(basis, applied)
+    return lambda r: apply_balancing(basis, applied, factor, r)
+
+
+def coarse_factor(basis: jax.Array, applied: jax.Array) -> jax.Array:
+    """Lower Cholesky factor of the coarse matrix ``W^T A W`` (symmetrised)."""
     small = basis.T @ applied
-    factor = jax.scipy.linalg.cho_factor(0.5 * (small + small.T))
+    return jnp.linalg.cholesky(0.5 * (small + small.T))
+
+
+def apply_balancing(basis, applied, factor, r) -> jax.Array:
+    """``M^{-1} r`` of :func:`balancing_preconditioner`, given :func:`coarse_factor`."""
 
     def solve(v):
-        return jax.scipy.linalg.cho_solve(factor, v)
+        return jax.scipy.linalg.cho_solve((factor, True), v)
 
-    def apply(r):
-        coefficients = solve(basis.T @ r)
-        t = r - applied @ coefficients
-        return basis @ coefficients + t - basis @ solve(applied.T @ t)
-
-    return apply
+    coefficients = solve(basis.T @ r)
+    t = r - applied @ coefficients
+    return basis @ coefficients + t - basis @ solve(applied.T @ t)

@@ -53,6 +53,8 @@ import numpyro.handlers as handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
+from .krylov import apply_balancing, coarse_factor
+
 __all__ = ["PosteriorProblem", "NewtonResult", "levenberg_marquardt", "DEFAULT_TOL"]
 
 #: Default bound on the Newton decrement for a converged fit.
@@ -419,17 +421,7 @@ def _prior_curvature(problem: PosteriorProblem, z):
     Gauss-Newton term ``J^T diag(1 / (1 - m)^2) J`` of the tied morphologies' upper
     barrier (``J = dm / dz``); without ties, the exact Hessian of the prior terms.
     """
-    _, convex_hvp = jax.linearize(jax.grad(problem.convex_prior_potential), z)
-    if not problem.ties:
-        return convex_hvp
-    tied, tied_jvp = jax.linearize(problem.tied_values, z)
-    tied_vjp = jax.linear_transpose(tied_jvp, z)
-    weight = 1.0 / (1.0 - tied) ** 2
-
-    def hvp(v):
-        return convex_hvp(v) + tied_vjp(weight * tied_jvp(v))[0]
-
-    return hvp
+    return _prior_parts(problem, z)[2]
 
 
 def _operator_parts(problem: PosteriorProblem, z):
@@ -519,17 +511,9 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
     eye = jnp.eye(max(n_coarse, 1), dtype=dtype)
 
     def precondition(state, res):
-        # balancing preconditioner of krylov.two_level_preconditioner, from the state
         if n_coarse == 0:
             return res
-        basis, applied, factor = state["basis"], state["applied"], state["factor"]
-        coefficients = jax.scipy.linalg.cho_solve((factor, True), basis.T @ res)
-        t = res - applied @ coefficients
-        return (
-            basis @ coefficients
-            + t
-            - basis @ jax.scipy.linalg.cho_solve((factor, True), applied.T @ t)
-        )
+        return apply_balancing(state["basis"], state["applied"], state["factor"], res)
 
     def scaled_product(state, product, y):
         # the Jacobi-scaled damped operator S (H + lambda D) S applied to y, given H S y
@@ -582,8 +566,7 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
         state = {**state, "applied": applied, "i": i + 1}
 
         def to_solve(state):
-            small = state["basis"].T @ state["applied"]
-            factor = jnp.linalg.cholesky(0.5 * (small + small.T))
+            factor = coarse_factor(state["basis"], state["applied"])
             return start_solve({**state, "factor": factor})
 
         def next_column(state):

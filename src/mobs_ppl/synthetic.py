@@ -123,9 +123,7 @@ def _convolve(fine_image: np.ndarray, fine_psf: np.ndarray) -> np.ndarray:
     h, w = fine_image.shape
     ph, pw = fine_psf.shape
     shape = (h + ph, w + pw)
-    product = np.fft.irfft2(
-        np.fft.rfft2(fine_image, shape) * np.fft.rfft2(fine_psf, shape), shape
-    )
+    product = np.fft.irfft2(np.fft.rfft2(fine_image, shape) * np.fft.rfft2(fine_psf, shape), shape)
     y0, x0 = ph // 2, pw // 2
     return product[y0 : y0 + h, x0 : x0 + w]
 
@@ -233,9 +231,9 @@ def simulated_field(
             for band, psf in enumerate(ground_psfs)
         ]
     )
-    ground_images = ground_images + rng.normal(0.0, 1.0, ground_images.shape) * ground_noise[
-        :, None, None
-    ]
+    ground_images = (
+        ground_images + rng.normal(0.0, 1.0, ground_images.shape) * ground_noise[:, None, None]
+    )
     hst = Observation(
         space_image[None],
         weights=np.full((1, *space_shape), space_noise**-2.0),
