@@ -4,7 +4,10 @@ Expected values are computed here from matrices written out by hand (CD matrices
 gnomonic de-projection, rotation matrices), not with the package's own helpers.
 """
 
+import copy
+
 import astropy.units as u
+import equinox as eqx
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -693,3 +696,43 @@ def test_linear_jacobian_matches_local_for_a_shared_tangent_point():
     np.testing.assert_allclose(
         relative_jacobian(a, b, method="linear"), relative_jacobian(a, b), rtol=0, atol=1e-8
     )
+
+
+# -- frames as static parts of compiled functions --------------------------------------
+
+
+def _observation(crpix):
+    wcs = _wcs(_cd_matrix(0.2), crpix)
+    data = np.zeros((1, 9, 9))
+    return Observation(data, np.ones_like(data), wcs=wcs, psf=np.pad([[1.0]], 4))
+
+
+def test_equal_frames_reuse_a_compiled_function():
+    # JAX keys its compiled functions on the static fields of their arguments: a frame's
+    # WCS must compare by value, or a model rebuilt from the same data recompiles
+    traces = []
+
+    @eqx.filter_jit
+    def total(observation):
+        traces.append(1)
+        return observation.data.sum()
+
+    first, same = _observation((5.0, 5.0)), _observation((5.0, 5.0))
+    moved = _observation((5.5, 5.0))
+    assert first.frame.wcs is not same.frame.wcs
+    total(first)
+    total(same)
+    assert len(traces) == 1
+    total(moved)  # another grid on the sky: a different static field, a new trace
+    assert len(traces) == 2
+    assert first.frame.wcs_key == same.frame.wcs_key != moved.frame.wcs_key
+    assert hash(first.frame.wcs_key) == hash(same.frame.wcs_key)
+
+
+def test_wcs_with_lookup_distortions_is_equal_only_to_itself():
+    from astropy.wcs import DistortionLookupTable
+
+    wcs = _wcs(_cd_matrix(0.2), (5.0, 5.0))
+    wcs.cpdis1 = DistortionLookupTable(np.zeros((3, 3), np.float32), (1, 1), (1, 1), (1, 1))
+    a, b = mp.sky.WCSKey(wcs), mp.sky.WCSKey(copy.deepcopy(wcs))
+    assert a == mp.sky.WCSKey(wcs) and a != b

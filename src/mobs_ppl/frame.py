@@ -84,7 +84,8 @@ class Frame(eqx.Module):
     """
 
     shape: tuple[int, int, int] = eqx.field(static=True)
-    wcs: WCS | None = eqx.field(static=True)
+    # compared by value (sky.WCSKey), so that equal frames reuse compiled functions
+    wcs_key: sky.WCSKey | None = eqx.field(static=True)
     channels: tuple[str, ...] = eqx.field(static=True)
     psf: jax.Array | None
 
@@ -95,7 +96,8 @@ class Frame(eqx.Module):
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape must be (channels, height, width); got {shape}")
         self.shape = shape
-        self.wcs = sky.celestial_wcs(wcs)
+        wcs = sky.celestial_wcs(wcs)
+        self.wcs_key = None if wcs is None else sky.WCSKey(wcs)
         if channels is None:
             channels = tuple(str(i) for i in range(shape[0]))
         if isinstance(channels, str):
@@ -109,6 +111,11 @@ class Frame(eqx.Module):
             raise ValueError(f"channel names must be unique; got {channels}")
         self.channels = channels
         self.psf = None if psf is None else jnp.asarray(check_psf(psf, shape[0]))
+
+    @property
+    def wcs(self) -> WCS | None:
+        """Celestial WCS of the grid (``None`` when the frame has none)."""
+        return None if self.wcs_key is None else self.wcs_key.wcs
 
     @property
     def n_channels(self) -> int:

@@ -15,6 +15,7 @@ from astropy.wcs import WCS
 
 __all__ = [
     "celestial_wcs",
+    "WCSKey",
     "pixel_scale",
     "pixel_to_pixel",
     "local_jacobian",
@@ -44,6 +45,47 @@ def celestial_wcs(wcs: WCS | None, *, argument: str = "wcs") -> WCS | None:
             "give a WCS with RA/Dec (or GLON/GLAT) axes"
         )
     return copy.deepcopy(wcs.celestial)
+
+
+class WCSKey:
+    """A WCS held by a compiled module, equal to another that maps pixels the same way.
+
+    Frames keep their WCS in a static (hashed) field: JAX reuses a compiled function for
+    a new argument only when its static fields compare equal. An astropy ``WCS``
+    compares by identity, so a model rebuilt from the same data (a re-run notebook cell,
+    a second field with the same geometry) recompiled every function, minutes on a real
+    scene. Two keys are equal when their WCS have the same FITS header (SIP terms
+    included) and pixel shape. A WCS with lookup-table distortions, which a header does
+    not carry, is equal only to itself.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        The WCS, not copied: the owner keeps it private and unchanged.
+    """
+
+    __slots__ = ("wcs", "_fingerprint")
+
+    def __init__(self, wcs: WCS):
+        self.wcs = wcs
+        tables = (wcs.cpdis1, wcs.cpdis2, wcs.det2im1, wcs.det2im2)
+        if any(t is not None for t in tables):
+            self._fingerprint = None
+        else:
+            self._fingerprint = (wcs.to_header_string(relax=True), wcs.pixel_shape)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, WCSKey):
+            return NotImplemented
+        if self.wcs is other.wcs:
+            return True
+        return self._fingerprint is not None and self._fingerprint == other._fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self._fingerprint) if self._fingerprint is not None else id(self.wcs)
+
+    def __repr__(self) -> str:
+        return f"WCSKey({self.wcs!r})"
 
 
 def pixel_scale(wcs: WCS) -> u.Quantity:
