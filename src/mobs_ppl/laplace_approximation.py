@@ -391,7 +391,6 @@ def _summary_rows(problem: UnconstrainedProblem, u):
     return mean, rows, jax.grad(problem.potential)(u)
 
 
-@eqx.filter_jit
 def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     """``H^{-1} r`` for every row ``r``, matrix-free, in NumPyro's unconstrained space.
 
@@ -399,9 +398,12 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     forward-over-reverse differentiation). The preconditioner is the one of
     :func:`mobs_ppl.fit_map`, built in its coordinates ``x`` (morphologies relative to
     their envelopes, where the Gauss-Newton curvature with its diagonal and coarse
-    space of collective directions is well conditioned) and carried into the
-    unconstrained space ``u`` by the Jacobian ``J = du/dx`` of the map between them:
-    ``M^{-1} = J M_x^{-1} J^T``, since ``H^{-1} ~ J H_x^{-1} J^T``.
+    space of collective directions is well conditioned) by the fit's own compiled step
+    (:func:`mobs_ppl.newton.gauss_newton_preconditioner`, undamped), and carried into
+    the unconstrained space ``u`` by the Jacobian ``J = du/dx`` of the map between
+    them: ``M^{-1} = J M_x^{-1} J^T``, since ``H^{-1} ~ J H_x^{-1} J^T``. The solves
+    then compile the exact curvature alone, not the Gauss-Newton products a second
+    time.
 
     Returns
     -------
@@ -412,8 +414,24 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     positive : jax.Array
         Per solve, whether every curvature met was positive.
     """
-    from .krylov import balancing_preconditioner, conjugate_gradient
-    from .newton import _collective_directions, _operator_parts
+    from .newton import gauss_newton_preconditioner
+
+    coordinates = problem.coordinates
+    x0 = _fit_coordinates(problem)
+    preconditioner = gauss_newton_preconditioner(coordinates, x0, key)
+    return _preconditioned_solves(problem, rows, preconditioner, rtol, max_steps)
+
+
+@eqx.filter_jit
+def _fit_coordinates(problem: UnconstrainedProblem):
+    """The point of the unconstrained problem in the fit's coordinates ``x``."""
+    return problem.coordinates.coordinates(problem.values(problem.location))
+
+
+@eqx.filter_jit
+def _preconditioned_solves(problem: UnconstrainedProblem, rows, preconditioner, rtol, max_steps):
+    """The solves of :func:`_marginal_solves` given the preconditioner's parts in ``x``."""
+    from .krylov import apply_balancing, conjugate_gradient
 
     coordinates = problem.coordinates
     u = problem.location
@@ -421,40 +439,12 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     _, hvp = jax.linearize(jax.grad(problem.potential), u)
     _, along = jax.linearize(coordinates.to_unconstrained, x0)
     back = jax.linear_transpose(along, x0)
-    jvp, vjp, prior_hvp = _operator_parts(coordinates, x0)
-    # the Gauss-Newton diagonal by random projections of the rows (as fit_map does)
-    k_rows, k_prior = jax.random.split(key)
-    n_rows = jax.eval_shape(jvp, x0).shape
-    projections = jax.random.normal(k_rows, (16, *n_rows), dtype=x0.dtype)
-    gauss_newton_diagonal = jnp.mean(jax.lax.map(lambda w: vjp(w)[0] ** 2, projections), 0)
-    # every product with the Gauss-Newton curvature at one place: the prior diagonal's
-    # probes and the coarse directions W themselves (the scaled operator's products on
-    # the orthonormal basis of W / scale follow from them linearly, see below)
-    probes = jax.random.rademacher(k_prior, (4, x0.size), dtype=x0.dtype)
-    directions = _collective_directions(coordinates, x0)
-    n_coarse = directions.shape[0]
+    scale, basis, applied, factor = preconditioner
 
-    def products(v):
-        return vjp(jvp(v))[0], prior_hvp(v)
-
-    gauss_newton, prior = jax.lax.map(products, jnp.concatenate([probes, directions]))
-    prior_diagonal = jnp.mean(probes * prior[: probes.shape[0]], axis=0)
-    diag = jnp.maximum(gauss_newton_diagonal + jnp.abs(prior_diagonal), 1e-30)
-    scale = 1.0 / jnp.sqrt(diag)
-    if n_coarse:
-        # W / scale = Q R: the scaled operator S H S applied to Q = (W / scale)^T R^-1
-        # is S (H W^T) R^-1 (W's supports are disjoint sites, so R is well conditioned)
-        q, upper = jnp.linalg.qr((directions / scale[None, :]).T)
-        applied_w = (gauss_newton + prior)[probes.shape[0] :].T  # (n, k): H W^T
-        applied = (
-            scale[:, None]
-            * jax.scipy.linalg.solve_triangular(upper, applied_w.T, trans="T", lower=False).T
-        )
-        inner = balancing_preconditioner(q, applied)
-    else:
-
-        def inner(r):
+    def inner(r):
+        if basis.shape[1] == 0:
             return r
+        return apply_balancing(basis, applied, factor, r)
 
     def precondition(r):
         return along(scale * inner(scale * back(r)[0]))

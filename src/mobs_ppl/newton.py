@@ -424,12 +424,6 @@ def _prior_curvature(problem: PosteriorProblem, z):
     return _prior_parts(problem, z)[2]
 
 
-def _operator_parts(problem: PosteriorProblem, z):
-    _, jvp = jax.linearize(problem.residual, z)
-    vjp = jax.linear_transpose(jvp, z)
-    return jvp, vjp, _prior_curvature(problem, z)
-
-
 def _traced(damping, rtol, max_steps):
     """The step's numeric settings as arrays, so that changing them does not recompile."""
     dtype = jnp.result_type(float)
@@ -479,10 +473,12 @@ _PRIOR_PROBES = 4
 def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_projections=16):
     """One damped Gauss-Newton step from ``z``: the objective there, the step and more.
 
-    Returns ``(f, d, slope, quadratic, decrement2, n_cg)``: the objective at ``z``, the
-    step (clipped to the bounds), ``g . d``, ``d . H d``, the damped solve's squared
-    decrement ``-g . raw`` (NaN when the solve met non-positive curvature at once) and
-    the conjugate-gradient iterations.
+    Returns ``(f, d, slope, quadratic, decrement2, n_cg, preconditioner)``: the
+    objective at ``z``, the step (clipped to the bounds), ``g . d``, ``d . H d``, the
+    damped solve's squared decrement ``-g . raw`` (NaN when the solve met non-positive
+    curvature at once), the conjugate-gradient iterations and the parts ``(scale,
+    basis, applied, factor)`` of the solve's preconditioner (see
+    :func:`gauss_newton_preconditioner`).
 
     Every curvature product of the step (probes of the prior's diagonal, the coarse
     space of the preconditioner, the conjugate-gradient iterations and ``d . H d``)
@@ -630,7 +626,40 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
     }
     state = jax.lax.while_loop(lambda s: s["phase"] != _DONE, body, state)
     d = state["d"]
-    return f, d, jnp.dot(gradient, d), state["quadratic"], state["decrement2"], state["cg"]
+    preconditioner = (
+        state["scale"],
+        state["basis"][:, :n_coarse],
+        state["applied"][:, :n_coarse],
+        state["factor"][:n_coarse, :n_coarse],
+    )
+    slope = jnp.dot(gradient, d)
+    return f, d, slope, state["quadratic"], state["decrement2"], state["cg"], preconditioner
+
+
+def gauss_newton_preconditioner(problem: PosteriorProblem, z, key, n_projections: int = 16):
+    """The preconditioner of an undamped Newton step at ``z``, for solves elsewhere.
+
+    The two-level preconditioner of :func:`_step` (Jacobi scaling by the estimated
+    diagonal of the Gauss-Newton curvature plus the prior's, and a balancing coarse
+    space of collective directions) with no damping, made by the compiled step itself:
+    after :func:`mobs_ppl.fit_map` on the same problem (same shapes and structure) it
+    compiles nothing, and a solve that reuses it (the marginal Laplace approximation)
+    need not hold the linearised model a second time. The step's one conjugate-gradient
+    iteration is discarded.
+
+    Returns
+    -------
+    scale : jax.Array
+        ``(n,)``: the Jacobi scaling ``1 / sqrt(diag)``.
+    basis : jax.Array
+        ``(n, k)``: orthonormal coarse directions in scaled coordinates (``k`` may be 0).
+    applied : jax.Array
+        ``(n, k)``: the scaled curvature applied to them.
+    factor : jax.Array
+        ``(k, k)``: :func:`mobs_ppl.krylov.coarse_factor` of the two.
+    """
+    settings = _traced(0.0, 1.0, 1)
+    return _step(problem, z, key, *settings, int(n_projections))[6]
 
 
 def levenberg_marquardt(
@@ -702,7 +731,7 @@ def levenberg_marquardt(
     iterations = 0
     for iterations in range(1, int(max_iter) + 1):  # noqa: B007 - used after the loop
         key, sub = jax.random.split(key)
-        f, d, slope, quadratic, decrement2, n_cg = step(z, sub, damping, rtol, cg_max_steps)
+        f, d, slope, quadratic, decrement2, n_cg, _ = step(z, sub, damping, rtol, cg_max_steps)
         slope, quadratic = float(slope), float(quadratic)
         predicted = -(slope + 0.5 * quadratic)
         if not losses:
@@ -802,6 +831,6 @@ def newton_decrement(problem: PosteriorProblem, z, seed: int = 0) -> float:
     """
 
     def step(z, key, damping, rtol, max_steps):
-        return _step(problem, z, key, *_traced(damping, rtol, max_steps))
+        return _step(problem, z, key, *_traced(damping, rtol, max_steps), 16)
 
     return _decrement(step, jnp.asarray(z, dtype=problem.start.dtype), jax.random.PRNGKey(seed))
