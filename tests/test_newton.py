@@ -84,18 +84,19 @@ def test_prior_curvature_model_is_positive_semi_definite():
     assert problem.ties
     z = problem.start
     eye = jnp.eye(z.size, dtype=z.dtype)
-    modelled = np.asarray(jax.vmap(_prior_curvature(problem, z))(eye))
-    exact = np.asarray(jax.hessian(problem.prior_potential)(z))
+    # compiled: op by op, these dense matrices took minutes
+    modelled = np.asarray(jax.jit(lambda e: jax.vmap(_prior_curvature(problem, z))(e))(eye))
+    exact = np.asarray(jax.jit(jax.hessian(problem.prior_potential))(z))
     scale = np.max(np.abs(np.diag(exact)))
     np.testing.assert_allclose(modelled, modelled.T, atol=1e-9 * scale)
     assert np.linalg.eigvalsh(modelled).min() > -1e-9 * scale
     # what is left out: the barrier's Hessian minus its Gauss-Newton term, which is
     # (-log(1 - m))' m'' = m'' / (1 - m) in every pixel -- small next to the rest
-    tied = jax.jacfwd(problem.tied_values)(z)
+    tied = jax.jit(jax.jacfwd(problem.tied_values))(z)
     m = np.asarray(problem.tied_values(z))
     barrier_gn = np.asarray(tied).T @ (np.asarray(tied) / (1 - m)[:, None] ** 2)
     barrier = jax.hessian(lambda x: -jnp.sum(jnp.log1p(-problem.tied_values(x))))
-    barrier_exact = np.asarray(barrier(z))
+    barrier_exact = np.asarray(jax.jit(barrier)(z))
     np.testing.assert_allclose(
         modelled - barrier_gn, exact - barrier_exact, atol=1e-8 * scale, rtol=1e-8
     )
