@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/map_fit.py [--data-dir DIR] [--adam-steps N] [--only hst|joint]
+                                 [--hst-noise measured|white]
 
 For both detections of the COSMOS HST + HSC field (sources detected on HST alone, and
 jointly on HST then HSC), with HST's measured correlated noise and HSC resampled with
@@ -10,13 +11,19 @@ its exact noise model, it prints one markdown table:
 
 * ``fit_map(method="newton")`` (the default): iterations, wall time (compilation
   included), final Newton decrement;
-* ``fit_map(method="adam", max_iter=N)``: the same numbers after ``N`` Adam steps;
+* ``fit_map(method="adam", max_iter=N)``: the same numbers after ``N`` Adam steps
+  (``--adam-steps 0`` skips it);
 * ``laplace(model, fit)``: wall time of the marginal error bars (every morphology
   pixel free; matrix-free above 3000 parameters), the marginal and the conditional
   (morphologies held) sd of the HSC shift;
 * native HSC chi2 per dof per band at the Newton MAP;
 * the model-independent cross-check ``measure.template_shift`` (HST rendered into HSC
   pixels, fitted in i + z + y).
+
+``--hst-noise white`` gives HST its inverse-variance weights as if its pixels were
+independent (a plain ``Observation``) instead of the drizzled co-add's measured pixel
+correlations: the cross-check of issue 13 of how much the shift depends on HST's noise
+model.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def _default_data_dir():
     return shared if shared.is_dir() else None
 
 
-def _model(hst, hsc, detection: str):
+def _model(hst, hsc, detection: str, hst_noise: str = "measured"):
     import warnings
 
     import astropy.units as u
@@ -44,7 +51,7 @@ def _model(hst, hsc, detection: str):
 
     frame = mp.Frame.from_observations([hst, hsc], coverage="union")
     hsc_c = mp.CorrelatedObservation.from_observation(hsc, resample_to_frame=frame)
-    hst_c = mp.CorrelatedObservation.from_observation(hst)
+    hst_c = mp.CorrelatedObservation.from_observation(hst) if hst_noise == "measured" else hst
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.MobsPplWarning)
         if detection == "joint":
@@ -60,6 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="directory holding cosmos_hst_hsc/")
     parser.add_argument("--adam-steps", type=int, default=2000, help="Adam steps to compare")
     parser.add_argument("--only", choices=["hst", "joint"], default=None)
+    parser.add_argument("--hst-noise", choices=["measured", "white"], default="measured")
     args = parser.parse_args(argv)
 
     import jax
@@ -74,19 +82,23 @@ def main(argv=None) -> int:
     hst, hsc = mp.datasets.load_cosmos(args.data_dir or _default_data_dir())
     rows = []
     for detection in ("hst", "joint") if args.only is None else (args.only,):
-        model = _model(hst, hsc, detection)
+        model = _model(hst, hsc, detection, args.hst_noise)
         n = sum(int(np.size(v)) for v in model.init_values().values())
-        label = f"{detection} detection ({model.scene.n_groups} sources, {n} parameters)"
+        label = (
+            f"{detection} detection, {args.hst_noise} HST noise "
+            f"({model.scene.n_groups} sources, {n} parameters)"
+        )
         start = time.perf_counter()
         fit = mp.fit_map(model)
         newton_s = time.perf_counter() - start
         rows.append((f"{label}: Newton", fit.iterations, newton_s, fit.decrement, fit.converged))
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", mp.MobsPplWarning)
-            adam = mp.fit_map(model, method="adam", max_iter=args.adam_steps)
-        adam_s = time.perf_counter() - start
-        rows.append((f"{label}: Adam", adam.iterations, adam_s, adam.decrement, adam.converged))
+        if args.adam_steps > 0:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", mp.MobsPplWarning)
+                adam = mp.fit_map(model, method="adam", max_iter=args.adam_steps)
+            adam_s = time.perf_counter() - start
+            rows.append((f"{label}: Adam", adam.iterations, adam_s, adam.decrement, adam.converged))
         start = time.perf_counter()
         approx = mp.laplace(model, fit)
         laplace_s = time.perf_counter() - start
