@@ -419,7 +419,7 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     coordinates = problem.coordinates
     x0 = _fit_coordinates(problem)
     preconditioner = gauss_newton_preconditioner(coordinates, x0, key)
-    return _preconditioned_solves(problem, rows, preconditioner, rtol, max_steps)
+    return _preconditioned_solves(problem, x0, rows, preconditioner, rtol, max_steps)
 
 
 @eqx.filter_jit
@@ -429,13 +429,14 @@ def _fit_coordinates(problem: UnconstrainedProblem):
 
 
 @eqx.filter_jit
-def _preconditioned_solves(problem: UnconstrainedProblem, rows, preconditioner, rtol, max_steps):
-    """The solves of :func:`_marginal_solves` given the preconditioner's parts in ``x``."""
+def _preconditioned_solves(
+    problem: UnconstrainedProblem, x0, rows, preconditioner, rtol, max_steps
+):
+    """The solves of :func:`_marginal_solves`, from ``x0`` in fit coordinates."""
     from .krylov import apply_balancing, conjugate_gradient
 
     coordinates = problem.coordinates
     u = problem.location
-    x0 = coordinates.coordinates(problem.values(u))
     _, hvp = jax.linearize(jax.grad(problem.potential), u)
     _, along = jax.linearize(coordinates.to_unconstrained, x0)
     back = jax.linear_transpose(along, x0)

@@ -467,10 +467,13 @@ def _prior_parts(problem: PosteriorProblem, z):
 # phases of the step's single loop over curvature products (see _step)
 _PROBE, _COARSE, _SOLVE, _QUADRATIC, _DONE = range(5)
 _PRIOR_PROBES = 4
+#: Random projections of the Gauss-Newton diagonal per step (one value everywhere, so
+#: that the fit, its decrement and the Laplace preconditioner share one compiled step).
+_PROJECTIONS = 16
 
 
 @eqx.filter_jit
-def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_projections=16):
+def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_projections=_PROJECTIONS):
     """One damped Gauss-Newton step from ``z``: the objective there, the step and more.
 
     Returns ``(f, d, slope, quadratic, decrement2, n_cg, preconditioner)``: the
@@ -636,7 +639,9 @@ def _step(problem: PosteriorProblem, z, key, damping, rtol, max_steps, n_project
     return f, d, slope, state["quadratic"], state["decrement2"], state["cg"], preconditioner
 
 
-def gauss_newton_preconditioner(problem: PosteriorProblem, z, key, n_projections: int = 16):
+def gauss_newton_preconditioner(
+    problem: PosteriorProblem, z, key, n_projections: int = _PROJECTIONS
+):
     """The preconditioner of an undamped Newton step at ``z``, for solves elsewhere.
 
     The two-level preconditioner of :func:`_step` (Jacobi scaling by the estimated
@@ -668,7 +673,7 @@ def levenberg_marquardt(
     max_iter: int = 200,
     tol: float = DEFAULT_TOL,
     seed: int = 0,
-    n_projections: int = 16,
+    n_projections: int = _PROJECTIONS,
     cg_max_steps: int = 100,
     progress_bar: bool = False,
     log: Callable[[str], None] | None = None,
@@ -831,6 +836,6 @@ def newton_decrement(problem: PosteriorProblem, z, seed: int = 0) -> float:
     """
 
     def step(z, key, damping, rtol, max_steps):
-        return _step(problem, z, key, *_traced(damping, rtol, max_steps), 16)
+        return _step(problem, z, key, *_traced(damping, rtol, max_steps), _PROJECTIONS)
 
     return _decrement(step, jnp.asarray(z, dtype=problem.start.dtype), jax.random.PRNGKey(seed))
