@@ -142,8 +142,9 @@ def main(argv=None) -> int:
     key, sub = jax.random.split(key)
     _, d, _, _, decrement2, _, _ = step(z, sub, 0.0, 1e-4, 1000)
     gradient = jax.grad(lambda x: newton._objective(problem, x))(z)
+    gradient_blocks = problem.unravel(gradient)
     shares = {
-        name: float(-jnp.vdot(problem.unravel(gradient)[name], block))
+        name: float(-jnp.vdot(gradient_blocks[name], block))
         for name, block in problem.unravel(d).items()
     }
     fit = MAPResult(
@@ -171,11 +172,12 @@ def main(argv=None) -> int:
         {k: round(v / total, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:4]},
     )
     frame_rows = model.scene.frame.shape[1]
-    for name in sorted(problem.unravel(z)):
+    start_values = model.init_values()
+    for name in sorted(start_values):
         if name.startswith("envelope"):
             p = np.asarray(fit.params[name])
             g = float(np.hypot(*np.asarray(unit_disk(p[3:5]))))
-            start_p = np.asarray(model.init_values()[name])
+            start_p = np.asarray(start_values[name])
             g0 = float(np.hypot(*np.asarray(unit_disk(start_p[3:5]))))
             print(
                 f"{name}: centre row {p[0]:.1f} (start {start_p[0]:.1f}, frame rows "
