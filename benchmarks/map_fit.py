@@ -15,7 +15,8 @@ its exact noise model, it prints one markdown table:
   (``--adam-steps 0`` skips it);
 * ``laplace(model, fit)``: wall time of the marginal error bars (every morphology
   pixel free; matrix-free above 3000 parameters), the marginal and the conditional
-  (morphologies held) sd of the HSC shift;
+  (morphologies held) sd of the HSC shift, and the solves' precision (CG steps, the
+  final ``rtol``, the asymmetry of the solved covariance);
 * native HSC chi2 per dof per band at the Newton MAP;
 * the model-independent cross-check ``measure.template_shift`` (HST rendered into HSC
   pixels, fitted in i + z + y).
@@ -62,6 +63,21 @@ def _model(hst, hsc, detection: str, hst_noise: str = "measured"):
     return mp.SceneModel(scene, [hst_c, hsc_c], shifts={"HSC": 0.1 * u.arcsec})
 
 
+def _solve_note() -> str:
+    """The last matrix-free solves' CG steps, final rtol and asymmetry (empty if dense)."""
+    import numpy as np
+
+    from mobs_ppl import laplace_approximation
+
+    stats = laplace_approximation._SOLVE_STATS
+    if "steps" not in stats:
+        return ""
+    return (
+        f"; solves: at most {int(np.max(stats['steps']))} CG steps, rtol {stats['rtol']:.0e},"
+        f" asymmetry {stats['asymmetry']:.1e}"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="directory holding cosmos_hst_hsc/")
@@ -102,6 +118,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         approx = mp.laplace(model, fit)
         laplace_s = time.perf_counter() - start
+        solves = _solve_note()
         conditional = mp.laplace(model, fit, sites=["spectrum", "shift"])
         shift = fit.shift_native("HSC")
         gof = mp.measure.goodness_of_fit(fit.scene, hsc, shift=shift)
@@ -113,7 +130,7 @@ def main(argv=None) -> int:
                 approx.decrement,
                 f"shift {np.round(shift, 3)} +- {np.round(approx.sd('shift_native')[0], 3)}"
                 f" (conditional sd {np.round(conditional.sd('shift_native')[0], 3)}) native px;"
-                " HSC chi2/dof " + ", ".join(f"{k} {v:.2f}" for k, v in gof.items()),
+                " HSC chi2/dof " + ", ".join(f"{k} {v:.2f}" for k, v in gof.items()) + solves,
             )
         )
     start = time.perf_counter()

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobs_ppl.krylov import conjugate_gradient, two_level_preconditioner
+from mobs_ppl.laplace_approximation import SOLVE_ASYMMETRY_TOLERANCE, solve_asymmetry
 
 
 def _spd(n, condition, seed):
@@ -71,3 +72,36 @@ def test_two_level_preconditioner_is_exact_on_its_coarse_space():
 def test_no_directions_is_the_identity():
     inverse = two_level_preconditioner(lambda x: 2 * x, jnp.zeros((0, 4)))
     np.testing.assert_array_equal(inverse(jnp.arange(4.0)), jnp.arange(4.0))
+
+
+def test_asymmetry_of_solved_covariances_measures_their_error():
+    # G = R X^T from CG solves of H X^T = R^T, against the dense R H^-1 R^T. The
+    # asymmetry is at most twice the largest normalised error (each G_ij - G_ji is the
+    # difference of two errors), and here, ill-conditioned (1e6), within 20x of it:
+    # loose solves are caught, tight ones pass
+    a, _, _ = _spd(150, 1e6, 7)
+    rows = np.random.default_rng(8).normal(size=(6, 150))
+    exact = rows @ np.linalg.solve(a, rows.T)
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    found = {}
+    for rtol in (1e-2, 1e-4, 1e-10):
+        solved = np.stack(
+            [
+                np.asarray(
+                    conjugate_gradient(
+                        lambda v: jnp.asarray(a) @ v, jnp.asarray(r), None, rtol, 5000
+                    )[0]
+                )
+                for r in rows
+            ]
+        )
+        gram = rows @ solved.T
+        error = np.max(np.abs(gram - exact) / scale)
+        found[rtol] = solve_asymmetry(gram), error
+        assert found[rtol][0] <= 2.0 * error * 1.01
+        assert found[rtol][0] >= error / 20
+    assert found[1e-2][0] > SOLVE_ASYMMETRY_TOLERANCE
+    assert found[1e-10][0] < SOLVE_ASYMMETRY_TOLERANCE
+    print({k: f"asymmetry {v[0]:.1e}, error {v[1]:.1e}" for k, v in found.items()})
+    # a dense solve is symmetric to rounding (condition 1e6 x 2.2e-16 = 2e-10)
+    assert solve_asymmetry(exact) < 1e-8

@@ -29,7 +29,14 @@ from .model import SceneModel
 from .newton import PosteriorProblem
 from .sites import split_sites
 
-__all__ = ["LaplaceApproximation", "MAX_DENSE_PARAMETERS", "laplace", "unconstrained_problem"]
+__all__ = [
+    "LaplaceApproximation",
+    "MAX_DENSE_PARAMETERS",
+    "SOLVE_ASYMMETRY_TOLERANCE",
+    "laplace",
+    "solve_asymmetry",
+    "unconstrained_problem",
+]
 
 
 class UnconstrainedProblem(eqx.Module):
@@ -269,7 +276,7 @@ def laplace(
     model: SceneModel,
     init,
     sites: Sequence[str] | None = None,
-    rtol: float = 1e-6,
+    rtol: float = 1e-9,
     max_cg_steps: int = 2000,
     seed: int = 0,
     method: str = "auto",
@@ -299,7 +306,12 @@ def laplace(
         out are held at their ``init`` values: error bars are then *conditional* on
         them (``approx.conditional`` is true).
     rtol : float
-        Matrix-free: relative precision of each solve.
+        Matrix-free: relative residual of each conjugate-gradient solve (at least ten
+        rounding units of the parameters' dtype). The residual alone does not bound
+        the error of a variance on an ill-conditioned curvature, so the solves are
+        checked by the symmetry of the solved covariance (:func:`solve_asymmetry`),
+        and repeated with ``rtol`` a thousand times smaller while it exceeds
+        :data:`SOLVE_ASYMMETRY_TOLERANCE`.
     max_cg_steps : int
         Matrix-free: largest number of conjugate-gradient iterations per solve.
     seed : int
@@ -323,7 +335,8 @@ def laplace(
     -----
     MobsPplWarning
         If the Newton step from the point to the mode is longer than one posterior
-        standard deviation (the fit has not converged).
+        standard deviation (the fit has not converged); if the matrix-free solves stay
+        imprecise at the tightest tolerance or ``max_cg_steps``.
     """
     if method not in ("auto", "dense", "matrix-free"):
         raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free'; got {method!r}")
@@ -346,24 +359,12 @@ def laplace(
         decrement = float(np.sqrt(gradient @ covariance @ gradient))
     else:
         covariance = None
-        solutions, steps, positive = _marginal_solves(
-            problem,
-            jnp.asarray(np.vstack([rows, gradient])),
-            jax.random.PRNGKey(seed),
-            jnp.asarray(rtol, dtype=problem.location.dtype),
-            jnp.asarray(max_cg_steps),
+        right = np.vstack([rows, gradient])
+        gram, steps = _checked_marginal_solves(
+            problem, right, jax.random.PRNGKey(seed), rtol, max_cg_steps
         )
-        solutions, positive = np.asarray(solutions), bool(np.all(np.asarray(positive)))
-        _SOLVE_STATS["steps"] = np.asarray(steps)
-        if not positive:
-            raise ValueError(
-                "the Hessian of the negative log posterior is not positive definite at this "
-                "point (a direction of non-positive curvature was met): run fit_map to "
-                "convergence"
-            )
-        summary_covariance = rows @ solutions[:-1].T
-        summary_covariance = 0.5 * (summary_covariance + summary_covariance.T)
-        decrement = float(np.sqrt(max(gradient @ solutions[-1], 0.0)))
+        summary_covariance = 0.5 * (gram[:-1, :-1] + gram[:-1, :-1].T)
+        decrement = float(np.sqrt(max(gram[-1, -1], 0.0)))
     if decrement > 1.0:
         warnings.warn(
             f"the mode is ~{decrement:.3g} posterior sd from this point (Newton step): the "
@@ -383,6 +384,78 @@ def laplace(
     )
 
 
+#: Largest accepted asymmetry of the solved Gram matrix ``R H^{-1} R^T``, relative to
+#: its diagonal (:func:`solve_asymmetry`): about the solves' error in a correlation.
+#: On the test scene of ``tests/test_marginal_errors.py`` an asymmetry of 1.8e-4 came
+#: with correlations off by 1.1e-4 and sd by 8e-6 (against the dense inverse).
+SOLVE_ASYMMETRY_TOLERANCE = 1e-4
+
+#: Each retry of :func:`laplace`'s matrix-free solves divides ``rtol`` by this, down
+#: to the rounding floor of :func:`_rtol_floor`.
+_RTOL_REDUCTION = 1e-3
+
+
+def _rtol_floor(dtype) -> float:
+    """Smallest relative residual the solves can reach in ``dtype`` (ten rounding units)."""
+    return float(10 * np.finfo(dtype).eps)
+
+
+def solve_asymmetry(gram: np.ndarray) -> float:
+    """Largest ``|G_ij - G_ji| / sqrt(G_ii G_jj)`` of a solved Gram matrix ``G``.
+
+    ``G = R X^T`` with ``X`` the approximate solutions of ``H X^T = R^T``. Exact solves
+    give a symmetric ``G`` (``r_i^T H^{-1} r_j = r_j^T H^{-1} r_i``); the asymmetry is
+    first order in the solves' errors ``e_j``, ``r_i^T e_j - r_j^T e_i``, so it measures
+    them without a reference. A small residual does not bound it: on an ill-conditioned
+    curvature the error of ``x`` is up to ``|residual| / lambda_min``.
+    """
+    diagonal = np.sqrt(np.maximum(np.diag(gram), np.finfo(float).tiny))
+    return float(np.max(np.abs(gram - gram.T) / np.outer(diagonal, diagonal)))
+
+
+def _checked_marginal_solves(problem, right, key, rtol, max_cg_steps):
+    """``right H^{-1} right^T`` by matrix-free solves, their precision checked.
+
+    The solves are repeated with a tighter ``rtol`` while :func:`solve_asymmetry` of
+    the result exceeds :data:`SOLVE_ASYMMETRY_TOLERANCE` (no recompilation: the
+    tolerance is a traced value); a warning says if the tightest still misses it.
+    """
+    floor = _rtol_floor(problem.location.dtype)
+    rtol = max(float(rtol), floor)
+    x0, preconditioner = _marginal_preconditioner(problem, key)
+    while True:
+        solutions, steps, positive = _preconditioned_solves(
+            problem,
+            x0,
+            jnp.asarray(right),
+            preconditioner,
+            jnp.asarray(rtol, dtype=problem.location.dtype),
+            jnp.asarray(max_cg_steps),
+        )
+        if not bool(np.all(np.asarray(positive))):
+            raise ValueError(
+                "the Hessian of the negative log posterior is not positive definite at this "
+                "point (a direction of non-positive curvature was met): run fit_map to "
+                "convergence"
+            )
+        gram = right @ np.asarray(solutions).T
+        asymmetry = solve_asymmetry(gram)
+        _SOLVE_STATS.update(steps=np.asarray(steps), asymmetry=asymmetry, rtol=rtol)
+        if asymmetry <= SOLVE_ASYMMETRY_TOLERANCE:
+            return gram, steps
+        if rtol <= floor or np.max(steps) >= max_cg_steps:
+            warnings.warn(
+                f"the matrix-free solves are imprecise (asymmetry {asymmetry:.2g} of the "
+                f"solved covariance at rtol={rtol:.2g}, {int(np.max(steps))} CG steps; "
+                f"tolerance {SOLVE_ASYMMETRY_TOLERANCE:g}): the error bars may be off; "
+                "raise max_cg_steps",
+                MobsPplWarning,
+                stacklevel=3,
+            )
+            return gram, steps
+        rtol = max(rtol * _RTOL_REDUCTION, floor)
+
+
 @eqx.filter_jit
 def _summary_rows(problem: UnconstrainedProblem, u):
     """The summary vector, its Jacobian (rows) and the potential's gradient at ``u``."""
@@ -391,11 +464,12 @@ def _summary_rows(problem: UnconstrainedProblem, u):
     return mean, rows, jax.grad(problem.potential)(u)
 
 
-def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
-    """``H^{-1} r`` for every row ``r``, matrix-free, in NumPyro's unconstrained space.
+def _marginal_preconditioner(problem: UnconstrainedProblem, key):
+    """The point in fit coordinates and the preconditioner of :func:`_preconditioned_solves`.
 
-    ``H`` is the exact Hessian of the potential (Hessian-vector products by
-    forward-over-reverse differentiation). The preconditioner is the one of
+    The solves are ``H^{-1} r`` for every row ``r``, matrix-free, in NumPyro's
+    unconstrained space. ``H`` is the exact Hessian of the potential (Hessian-vector
+    products by forward-over-reverse differentiation). The preconditioner is the one of
     :func:`mobs_ppl.fit_map`, built in its coordinates ``x`` (morphologies relative to
     their envelopes, where the Gauss-Newton curvature with its diagonal and coarse
     space of collective directions is well conditioned) by the fit's own compiled step
@@ -404,22 +478,11 @@ def _marginal_solves(problem: UnconstrainedProblem, rows, key, rtol, max_steps):
     them: ``M^{-1} = J M_x^{-1} J^T``, since ``H^{-1} ~ J H_x^{-1} J^T``. The solves
     then compile the exact curvature alone, not the Gauss-Newton products a second
     time.
-
-    Returns
-    -------
-    solutions : jax.Array
-        One row per right-hand side.
-    steps : jax.Array
-        Conjugate-gradient iterations per solve.
-    positive : jax.Array
-        Per solve, whether every curvature met was positive.
     """
     from .newton import gauss_newton_preconditioner
 
-    coordinates = problem.coordinates
     x0 = _fit_coordinates(problem)
-    preconditioner = gauss_newton_preconditioner(coordinates, x0, key)
-    return _preconditioned_solves(problem, x0, rows, preconditioner, rtol, max_steps)
+    return x0, gauss_newton_preconditioner(problem.coordinates, x0, key)
 
 
 @eqx.filter_jit
@@ -432,7 +495,17 @@ def _fit_coordinates(problem: UnconstrainedProblem):
 def _preconditioned_solves(
     problem: UnconstrainedProblem, x0, rows, preconditioner, rtol, max_steps
 ):
-    """The solves of :func:`_marginal_solves`, from ``x0`` in fit coordinates."""
+    """``H^{-1} r`` for every row ``r`` (see :func:`_marginal_preconditioner`).
+
+    Returns
+    -------
+    solutions : jax.Array
+        One row per right-hand side.
+    steps : jax.Array
+        Conjugate-gradient iterations per solve.
+    positive : jax.Array
+        Per solve, whether every curvature met was positive.
+    """
     from .krylov import apply_balancing, conjugate_gradient
 
     coordinates = problem.coordinates
