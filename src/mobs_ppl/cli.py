@@ -151,7 +151,7 @@ def _chi2_per_dof(observation, image) -> dict[str, dict[str, float]]:
     """Chi-squared per used pixel, per band (no parameters are fitted: dof = pixels)."""
     import numpy as np
 
-    weights = np.asarray(observation.weights) * np.asarray(observation.renderer.coverage)
+    weights = np.asarray(observation.counted_weights())
     residual = np.asarray(observation.data) - np.asarray(image)
     out = {}
     for c, band in enumerate(observation.channels):

@@ -259,7 +259,7 @@ class CorrelatedObservation(FramedData, eqx.Module):
                 model, self.native_shift(shift), convolved=convolved
             )
             return native_ll - 0.5 * self.log_det_resampling
-        residual = (self.data - renderer(model, shift, convolved)) * (self.weights > 0)
+        residual = (self.data - renderer(model, shift, convolved)) * (self.counted_weights() > 0)
         return self.noise.log_likelihood(residual)
 
     def sample_noise(self, key) -> jax.Array:

@@ -237,11 +237,11 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
     residual = obs.data - prediction
     out = {}
     if isinstance(obs, CorrelatedObservation):
-        used = obs.weights > 0
+        used = obs.counted_weights() > 0
         chi2 = np.asarray(obs.noise.chi2_per_channel(residual * used))
         counts = np.asarray(jnp.sum(used, axis=(1, 2)))
     else:
-        weights = obs.weights * obs.renderer.coverage
+        weights = obs.counted_weights()
         chi2 = np.asarray(jnp.sum(weights * residual**2, axis=(1, 2)))
         counts = np.asarray(jnp.sum(weights > 0, axis=(1, 2)))
     for c, name in enumerate(obs.channels):

@@ -71,11 +71,11 @@ def _likelihood(obs, cube, shift_model, to_native):
         # exact: the resampled density is the native one (pseudo-inverse identity)
         native = obs.native
         prediction = native.render(cube, shift, convolved=False)
-        return pixel_normal(prediction, native.weights * native.renderer.coverage), native.data
+        return pixel_normal(prediction, native.counted_weights()), native.data
     prediction = obs.render(cube, shift, convolved=False)
     if isinstance(obs, CorrelatedObservation):
-        return StationaryImageNormal(prediction, obs.noise, obs.weights > 0), obs.data
-    return pixel_normal(prediction, obs.weights * obs.renderer.coverage), obs.data
+        return StationaryImageNormal(prediction, obs.noise, obs.counted_weights() > 0), obs.data
+    return pixel_normal(prediction, obs.counted_weights()), obs.data
 
 
 def scene_model(

@@ -93,6 +93,16 @@ class FramedData:
         """PSF images ``(1 or channels, h, w)`` on the data grid (or ``None``)."""
         return self.frame.psf
 
+    def counted_weights(self) -> jax.Array:
+        """Weights of the pixels that count in the likelihood, ``(channels, h, w)``.
+
+        ``weights`` times the bound model frame's coverage: a pixel whose centre lies
+        outside the model frame is predicted as zero, so it does not count (its weight
+        is zero here), whatever its data. The one rule of which pixels count, for every
+        observation kind.
+        """
+        return self.weights * self._require_renderer().coverage
+
     def _require_renderer(self) -> Renderer:
         if self.renderer is None:
             raise ValueError(
@@ -235,6 +245,5 @@ class Observation(FramedData, eqx.Module):
         Includes the normalisation ``0.5 * sum(log(w / 2 pi))`` over used pixels. Pixels
         outside the model frame's coverage do not count.
         """
-        renderer = self._require_renderer()
-        prediction = renderer(model, shift, convolved)
-        return gaussian_log_likelihood(self.data, prediction, self.weights * renderer.coverage)
+        prediction = self._require_renderer()(model, shift, convolved)
+        return gaussian_log_likelihood(self.data, prediction, self.counted_weights())
