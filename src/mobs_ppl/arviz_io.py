@@ -104,7 +104,7 @@ def posterior_to_arviz(result, log_likelihood: str = "auto"):
 
     observed = {}
     for obs in model.observations:
-        target = obs.native if getattr(obs, "native", None) is not None else obs
+        target = obs.likelihood_observation
         observed[f"obs_{obs.name}"] = np.asarray(target.data)
     groups["observed_data"] = _dataset(observed, dims, coords, leading=())
 

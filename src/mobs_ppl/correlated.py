@@ -32,6 +32,7 @@ import numpy as np
 
 from . import noise as noise_models
 from . import sky
+from .distributions import StationaryImageNormal
 from .frame import Frame, relative_jacobian
 from .observation import FramedData, Observation
 from .renderer import Renderer, build_renderer
@@ -245,6 +246,47 @@ class CorrelatedObservation(FramedData, eqx.Module):
         if shift is None:
             return None
         return self.native_jacobian @ jnp.asarray(shift)
+
+    # -- the likelihood (the interface of Observation) --------------------------------
+    @property
+    def likelihood_observation(self):
+        """The observation whose pixels the likelihood counts.
+
+        Resampled kind: the native observation (the resampled density is the native
+        one, by the pseudo-inverse identity); measured kind: this one.
+        """
+        return self.native if self.native is not None else self
+
+    def likelihood_shift(self, shift):
+        """A shift in this grid's pixels, in the pixels of :attr:`likelihood_observation`."""
+        if shift is None or self.native is None:
+            return None if shift is None else jnp.asarray(shift)
+        return self.native_shift(shift)
+
+    def likelihood(self, model, shift=None, *, convolved: bool = False):
+        """The observed site's distribution and value for a model cube.
+
+        As :meth:`mobs_ppl.Observation.likelihood`, ``shift`` in the pixels of
+        :attr:`likelihood_observation`. Resampled kind: the native observation's
+        independent pixels. Measured kind: :class:`~mobs_ppl.distributions.
+        StationaryImageNormal` over the counted pixels.
+        """
+        if self.native is not None:
+            return self.native.likelihood(model, shift, convolved=convolved)
+        prediction = self.render(model, shift, convolved=convolved)
+        used = self.counted_weights() > 0
+        return StationaryImageNormal(prediction, self.noise, used), self.data
+
+    def chi2_per_channel(self, model, shift=None, *, convolved: bool = True):
+        """Chi-square and number of counted pixels per channel (see :meth:`likelihood`).
+
+        Measured kind: the chi-square under the correlated noise, ``r^T C^{-1} r``.
+        """
+        if self.native is not None:
+            return self.native.chi2_per_channel(model, shift, convolved=convolved)
+        used = self.counted_weights() > 0
+        residual = (self.data - self.render(model, shift, convolved=convolved)) * used
+        return self.noise.chi2_per_channel(residual), jnp.sum(used, axis=(1, 2))
 
     def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Gaussian log-likelihood under the correlated noise model, normalised.

@@ -11,7 +11,6 @@ import numpy as np
 from scipy import ndimage
 
 from ._warnings import MobsPplWarning
-from .correlated import CorrelatedObservation
 from .scene import Scene
 
 __all__ = [
@@ -229,24 +228,11 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
         ``{channel: chi2 / number of used pixels}``.
     """
     obs = _bound(observation, scene.frame)
-    cube = scene.render()
-    if isinstance(obs, CorrelatedObservation) and obs.native is not None:
-        shift = obs.native_shift(shift)
-        obs = obs.native
-    prediction = obs.render(cube, shift)
-    residual = obs.data - prediction
-    out = {}
-    if isinstance(obs, CorrelatedObservation):
-        used = obs.counted_weights() > 0
-        chi2 = np.asarray(obs.noise.chi2_per_channel(residual * used))
-        counts = np.asarray(jnp.sum(used, axis=(1, 2)))
-    else:
-        weights = obs.counted_weights()
-        chi2 = np.asarray(jnp.sum(weights * residual**2, axis=(1, 2)))
-        counts = np.asarray(jnp.sum(weights > 0, axis=(1, 2)))
-    for c, name in enumerate(obs.channels):
-        out[name] = float(chi2[c] / max(counts[c], 1))
-    return out
+    chi2, counts = (
+        np.asarray(a) for a in obs.chi2_per_channel(scene.render(), obs.likelihood_shift(shift))
+    )
+    channels = obs.likelihood_observation.channels
+    return {name: float(chi2[c] / max(counts[c], 1)) for c, name in enumerate(channels)}
 
 
 @dataclasses.dataclass(frozen=True)

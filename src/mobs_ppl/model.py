@@ -47,7 +47,6 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .correlated import CorrelatedObservation
-from .distributions import StationaryImageNormal, pixel_normal
 from .envelope import ENVELOPE_PARAMETERS
 from .frame import relative_jacobian
 from .observation import Observation
@@ -62,20 +61,14 @@ SPECTRUM_PRIOR_FACTOR = 10.0
 
 
 def _likelihood(obs, cube, shift_model, to_native):
-    """Observed-site distribution and value for one observation.
+    """Observed-site distribution and value for one observation (its own likelihood).
 
     ``cube`` is the scene before the model PSF: each observation applies its own PSF.
+    ``to_native`` takes the shift from model pixels to those of the observation's
+    ``likelihood_observation``.
     """
     shift = None if shift_model is None else to_native @ shift_model
-    if isinstance(obs, CorrelatedObservation) and obs.native is not None:
-        # exact: the resampled density is the native one (pseudo-inverse identity)
-        native = obs.native
-        prediction = native.render(cube, shift, convolved=False)
-        return pixel_normal(prediction, native.counted_weights()), native.data
-    prediction = obs.render(cube, shift, convolved=False)
-    if isinstance(obs, CorrelatedObservation):
-        return StationaryImageNormal(prediction, obs.noise, obs.counted_weights() > 0), obs.data
-    return pixel_normal(prediction, obs.counted_weights()), obs.data
+    return obs.likelihood(cube, shift, convolved=False)
 
 
 def scene_model(
@@ -258,7 +251,7 @@ class SceneModel(eqx.Module):
 
         to_native = {}
         for obs in bound:
-            target = obs.native.frame if getattr(obs, "native", None) is not None else obs.frame
+            target = obs.likelihood_observation.frame
             if frame.wcs is None or target.wcs is None:
                 to_native[obs.name] = jnp.eye(2)
             else:
@@ -388,7 +381,7 @@ def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]
             elif name == "shape":
                 dims[site] = ["shape_component"]
     for obs in model.observations:
-        target = obs.native if getattr(obs, "native", None) is not None else obs
+        target = obs.likelihood_observation
         dims[f"obs_{obs.name}"] = [f"channel_{obs.name}", f"y_{obs.name}", f"x_{obs.name}"]
         coords[f"channel_{obs.name}"] = list(target.channels)
     return dims, coords

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .distributions import pixel_normal
 from .frame import Frame
 from .likelihood import gaussian_log_likelihood
 from .renderer import Renderer, build_renderer
@@ -238,6 +239,53 @@ class Observation(FramedData, eqx.Module):
             ``(channels, height, width)`` prediction in data units per pixel.
         """
         return self._require_renderer()(model, shift, convolved)
+
+    # -- the likelihood: the interface every observation kind owns ---------------------
+    @property
+    def likelihood_observation(self) -> Observation:
+        """The observation whose pixels the likelihood counts: this one.
+
+        (A resampled :class:`~mobs_ppl.CorrelatedObservation` answers its native
+        observation.) Its ``frame`` sets the pixels of the shift that
+        :meth:`likelihood` takes, its ``data`` are the observed values.
+        """
+        return self
+
+    def likelihood_shift(self, shift):
+        """A shift in this observation's pixels, in the likelihood's pixels: the same."""
+        return None if shift is None else jnp.asarray(shift)
+
+    def likelihood(self, model, shift=None, *, convolved: bool = False):
+        """The observed site's distribution and value for a model cube.
+
+        Parameters
+        ----------
+        model : array_like
+            ``(channels, height, width)`` model cube on the bound frame, before the
+            model PSF unless ``convolved``.
+        shift : array_like, optional
+            ``(dy, dx)`` in the pixels of :attr:`likelihood_observation`.
+
+        Returns
+        -------
+        distribution : numpyro.distributions.Distribution
+            Independent Gaussian pixels with the counted weights
+            (:meth:`counted_weights`), exposing ``whitened_residual``.
+        value : jax.Array
+            The data.
+        """
+        prediction = self.render(model, shift, convolved=convolved)
+        return pixel_normal(prediction, self.counted_weights()), self.data
+
+    def chi2_per_channel(self, model, shift=None, *, convolved: bool = True):
+        """Chi-square and number of counted pixels per channel, ``(channels,)`` each.
+
+        ``model`` and ``shift`` as in :meth:`likelihood` (here convolved by default, as
+        :meth:`mobs_ppl.Scene.render` gives it).
+        """
+        weights = self.counted_weights()
+        residual = self.data - self.render(model, shift, convolved=convolved)
+        return jnp.sum(weights * residual**2, axis=(1, 2)), jnp.sum(weights > 0, axis=(1, 2))
 
     def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
         """Gaussian log-likelihood of the data given a model cube (independent pixels).
