@@ -293,16 +293,14 @@ class CorrelatedObservation(FramedData, eqx.Module):
 
         Resampled kind: the exact density of the resampled data on the range of ``R``
         (pseudo-inverse), computed as the native log-likelihood minus
-        ``0.5 * log det(R^T R)``. Measured kind: the Fourier-diagonal density.
+        ``0.5 * log det(R^T R)``. Measured kind: the Fourier-diagonal density. Both are
+        the density of :meth:`likelihood` (``shift`` here in this grid's pixels).
         """
-        renderer = self._require_renderer()
-        if self.native is not None:
-            native_ll = self.native.log_likelihood(
-                model, self.native_shift(shift), convolved=convolved
-            )
-            return native_ll - 0.5 * self.log_det_resampling
-        residual = (self.data - renderer(model, shift, convolved)) * (self.counted_weights() > 0)
-        return self.noise.log_likelihood(residual)
+        distribution, value = self.likelihood(
+            model, self.likelihood_shift(shift), convolved=convolved
+        )
+        constant = -0.5 * self.log_det_resampling if self.native is not None else 0.0
+        return jnp.sum(distribution.log_prob(value)) + constant
 
     def sample_noise(self, key) -> jax.Array:
         """One realisation of the noise on this observation's grid."""

@@ -16,7 +16,6 @@ import numpy as np
 
 from .distributions import pixel_normal
 from .frame import Frame
-from .likelihood import gaussian_log_likelihood
 from .renderer import Renderer, build_renderer
 
 __all__ = ["Observation", "estimate_weights"]
@@ -291,7 +290,9 @@ class Observation(FramedData, eqx.Module):
         """Gaussian log-likelihood of the data given a model cube (independent pixels).
 
         Includes the normalisation ``0.5 * sum(log(w / 2 pi))`` over used pixels. Pixels
-        outside the model frame's coverage do not count.
+        outside the model frame's coverage do not count. The sum of the pointwise
+        density of :meth:`likelihood` (the one implementation, which the NumPyro model
+        uses too).
         """
-        prediction = self._require_renderer()(model, shift, convolved)
-        return gaussian_log_likelihood(self.data, prediction, self.counted_weights())
+        distribution, value = self.likelihood(model, shift, convolved=convolved)
+        return jnp.sum(distribution.log_prob(value))
