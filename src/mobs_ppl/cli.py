@@ -316,7 +316,13 @@ def _demo(args) -> int:
         "total_s": time.perf_counter() - t_start,
     }
     if not args.no_fit:
+        import matplotlib
+
         from .workflow import joint_fit
+
+        # the command line writes figures to files: a non-interactive backend (the
+        # entry point's choice, not the library's)
+        matplotlib.use("Agg")
 
         print("joint fit (HST reference, HSC shifted):")
         summary["fit"] = joint_fit(

@@ -167,9 +167,7 @@ def joint_fit(
 
 
 def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot, log):
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # the backend is the caller's choice (the CLI picks Agg); figures are closed here
     import matplotlib.pyplot as plt
 
     from . import persistence
