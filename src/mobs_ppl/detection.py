@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .psf import psf_sigma
+from .robust import robust_sigma
 
 __all__ = [
     "DEBLEND_SIGMA",
@@ -195,7 +196,7 @@ def detect_sources(
         # the coefficients' noise grows near the borders (reflected boundary): scale the
         # robust sigma of the plane by the exact relative noise profile of the transform
         relative = profiles[j]
-        sigma = 1.4826 * np.median(np.abs(plane / relative - np.median(plane / relative)))
+        sigma = robust_sigma(plane / relative)
         significant |= plane > n_sigma * sigma * relative
     labels, count = ndimage.label(significant)
     # peaks of the image smoothed to the first scale used
@@ -230,12 +231,6 @@ def detect_sources(
             detections.append(_detection(smooth, image, py, px, footprint, part))
     detections.sort(key=lambda d: -d.peak)
     return detections
-
-
-def robust_sigma(values) -> float:
-    """Standard deviation from the median absolute deviation (1.4826 MAD)."""
-    values = np.asarray(values, float)
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def _dip(image, a, b) -> float:

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from .robust import clipped_statistics
+
 __all__ = [
     "StationaryNoise",
     "background_mask",
@@ -54,11 +56,7 @@ def background_mask(data, weights=None, n_sigma: float = 3.0, grow: int = 8) -> 
     used = np.ones(data.shape, bool) if weights is None else np.asarray(weights) > 0
     out = np.zeros(data.shape, bool)
     for c, (image, ok) in enumerate(zip(data, used, strict=True)):
-        values = image[ok]
-        for _ in range(5):
-            median = np.median(values)
-            sigma = 1.4826 * np.median(np.abs(values - median))
-            values = values[np.abs(values - median) < n_sigma * sigma]
+        median, sigma = clipped_statistics(image[ok], n_sigma)
         source = (image - median) > n_sigma * sigma
         if grow > 0:
             source = ndimage.binary_dilation(source, iterations=grow)

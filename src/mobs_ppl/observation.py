@@ -17,6 +17,7 @@ import numpy as np
 from .distributions import pixel_normal
 from .frame import Frame
 from .renderer import Renderer, build_renderer
+from .robust import clipped_statistics
 
 __all__ = ["Observation", "estimate_weights"]
 
@@ -41,14 +42,7 @@ def estimate_weights(data: np.ndarray, n_sigma: float = 3.0, iterations: int = 5
     """
     out = []
     for image in np.asarray(data, float):
-        values = image[np.isfinite(image)].ravel()
-        for _ in range(iterations):
-            median = np.median(values)
-            sigma = 1.4826 * np.median(np.abs(values - median))
-            keep = np.abs(values - median) < n_sigma * sigma
-            if keep.all():
-                break
-            values = values[keep]
+        _, sigma = clipped_statistics(image[np.isfinite(image)], n_sigma, iterations)
         if not sigma > 0:
             raise ValueError("cannot estimate weights: the data have zero spread in a channel")
         out.append(1.0 / sigma**2)

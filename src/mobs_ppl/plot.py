@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
+from .robust import robust_sigma
+
 __all__ = ["AsinhAutomaticNorm", "observation", "scene", "corner", "to_rgb"]
 
 
@@ -34,7 +36,7 @@ class AsinhAutomaticNorm(Normalize):
             w = np.asarray(weights)
             sigma = np.sqrt(np.median(1.0 / w[w > 0])) if np.any(w > 0) else 1.0
         else:
-            sigma = 1.4826 * np.median(np.abs(data - np.median(data)))
+            sigma = robust_sigma(data)
         self.softening = max(noise_level * sigma, 1e-30)
         vmax = float(np.percentile(data, percentile))
         super().__init__(vmin=-self.softening, vmax=max(vmax, 2 * self.softening))
