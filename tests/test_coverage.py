@@ -144,3 +144,24 @@ def test_counted_weights_are_zero_exactly_outside_the_frame():
         )
     with pytest.raises(ValueError, match="match"):
         fine.counted_weights()
+
+
+def test_an_observation_bound_to_another_frame_of_the_same_shape_is_rebound():
+    # "already bound?" compares the frame itself (shape, WCS, channels, PSF), not only
+    # its shape: a frame of the same shape elsewhere on the sky gets its own operator
+    fine, coarse = _observations(2)
+    frame = mp.Frame.from_observations([fine, coarse], coverage="intersection")
+    wcs = frame.wcs.deepcopy()
+    wcs.wcs.crpix = wcs.wcs.crpix + np.array([3.0, -2.0])
+    moved = mp.Frame(frame.shape, wcs=wcs, channels=frame.channels, psf=frame.psf)
+    bound = fine.match(frame)
+    assert bound.bound_to(frame) is bound
+    rebound = bound.bound_to(moved)
+    assert rebound is not bound and rebound.renderer.renders_from(moved)
+    # the moved frame sees other sky: the coverage differs
+    assert not np.array_equal(
+        np.asarray(rebound.renderer.coverage), np.asarray(bound.renderer.coverage)
+    )
+    scene = mp.Scene(moved, [mp.GaussianSource((20.0, 20.0), [1.0, 0.5, 0.4], 2.0, box_size=9)])
+    model = mp.SceneModel(scene, [bound, coarse.match(frame)])
+    assert all(obs.renderer.renders_from(moved) for obs in model.observations)

@@ -9,6 +9,7 @@ the model frame on which scenes are described is built from several observations
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 
 import astropy.units as u
@@ -111,6 +112,18 @@ class Frame(eqx.Module):
             raise ValueError(f"channel names must be unique; got {channels}")
         self.channels = channels
         self.psf = None if psf is None else jnp.asarray(check_psf(psf, shape[0]))
+
+    @property
+    def key(self) -> tuple:
+        """What makes two frames the same grid to render into (hashable; set-up time).
+
+        Shape, WCS (by value), channels and model PSF (by its bytes).
+        """
+        psf = None
+        if self.psf is not None:
+            array = np.ascontiguousarray(np.asarray(self.psf))
+            psf = (array.shape, array.dtype.str, hashlib.sha1(array.tobytes()).hexdigest())
+        return (self.shape, self.wcs_key, self.channels, psf)
 
     @property
     def wcs(self) -> WCS | None:

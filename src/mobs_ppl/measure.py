@@ -44,13 +44,6 @@ def _light_fractions(obs, templates, model_channels, shift) -> np.ndarray:
     return np.array(fractions)
 
 
-def _bound(observation, frame):
-    renderer = observation.renderer
-    if renderer is None or renderer.model_shape != frame.shape:
-        return observation.match(frame)
-    return observation
-
-
 def _templates(scene: Scene) -> jax.Array:
     """``(sources, channels, H, W)``: each source rendered with a unit spectrum."""
     ones = jnp.ones(scene.frame.n_channels)
@@ -97,7 +90,7 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
         If the observation shares no channel with the frame, or sees no source.
     """
     frame = scene.frame
-    obs = _bound(observation, frame)
+    obs = observation.bound_to(frame)
     mapping = frame.map_channels(obs.frame)
     if not mapping:
         raise ValueError(f"observation {obs.name!r} shares no channel with the model frame")
@@ -227,7 +220,7 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
     dict
         ``{channel: chi2 / number of used pixels}``.
     """
-    obs = _bound(observation, scene.frame)
+    obs = observation.bound_to(scene.frame)
     chi2, counts = (
         np.asarray(a) for a in obs.chi2_per_channel(scene.render(), obs.likelihood_shift(shift))
     )

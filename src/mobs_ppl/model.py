@@ -210,9 +210,7 @@ class SceneModel(eqx.Module):
         for obs in observations:
             if not isinstance(obs, (Observation, CorrelatedObservation)):
                 raise TypeError(f"expected observations, got {type(obs).__name__}")
-            renderer = obs.renderer
-            if renderer is None or renderer.model_shape != frame.shape:
-                obs = obs.match(frame)
+            obs = obs.bound_to(frame)
             bound.append(obs)
             names.append(obs.name)
         if len(set(names)) != len(names):

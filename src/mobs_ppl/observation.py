@@ -97,6 +97,16 @@ class FramedData:
         """
         return self.weights * self._require_renderer().coverage
 
+    def bound_to(self, frame: Frame):
+        """The observation bound to the model ``frame``.
+
+        Itself if it already is, else ``self.match(frame)``: the one test of "already
+        bound", by :attr:`Frame.key`.
+        """
+        if self.renderer is not None and self.renderer.renders_from(frame):
+            return self
+        return self.match(frame)
+
     def _require_renderer(self) -> Renderer:
         if self.renderer is None:
             raise ValueError(

@@ -152,9 +152,7 @@ def scene(
     model = np.asarray(scene.render())
     panels = [("Model", model, scene.frame)] if show_model else []
     if observation is not None:
-        obs = observation
-        if obs.renderer is None or obs.renderer.model_shape != scene.frame.shape:
-            obs = obs.match(scene.frame)
+        obs = observation.bound_to(scene.frame)
         rendered = np.asarray(obs.render(scene.render(), shift))
         data = np.asarray(obs.data)
         norm = norm or AsinhAutomaticNorm(obs)

@@ -66,6 +66,12 @@ class Renderer(eqx.Module):
     model_psf: jax.Array | None = None
     delta_y: jax.Array | None = None
     delta_x: jax.Array | None = None
+    # the model frame's Frame.key: which frame this operator renders from
+    model_frame_key: tuple | None = eqx.field(static=True, default=None)
+
+    def renders_from(self, frame) -> bool:
+        """Whether this operator was built for ``frame`` (same :attr:`Frame.key`)."""
+        return self.model_frame_key == frame.key
 
     def __call__(self, model, shift=None, convolved: bool = True) -> jax.Array:
         """Predicted data ``(channels, height, width)`` for a model-frame cube.
@@ -315,4 +321,5 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
         model_psf=jnp.asarray(model_transfer),
         delta_y=deltas[0],
         delta_x=deltas[1],
+        model_frame_key=model_frame.key,
     )
