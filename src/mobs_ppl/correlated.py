@@ -23,8 +23,6 @@ Two kinds, one container:
 
 from __future__ import annotations
 
-import copy
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -161,9 +159,7 @@ class CorrelatedObservation(FramedData, eqx.Module):
                 "information; fit this observation natively instead"
             )
         y0, y1, x0, x1 = _covered_box(obs, frame)
-        wcs = copy.deepcopy(frame.wcs)
-        wcs.wcs.crpix = wcs.wcs.crpix - np.array([x0, y0], float)
-        wcs.wcs.set()
+        wcs = sky.sub_grid_wcs(frame.wcs, y0, x0)
         shape = (y1 - y0 + 1, x1 - x0 + 1)
         resampler = build_resampler(obs.frame, wcs, shape)
         native_weights = np.asarray(obs.weights)
@@ -191,12 +187,12 @@ class CorrelatedObservation(FramedData, eqx.Module):
         data = jnp.where(jnp.asarray(nearest_used), data, 0.0)
         weights = np.where(nearest_used, 1.0 / np.maximum(np.asarray(variance), 1e-300), 0.0)
 
-        to_native = sky.local_jacobian(wcs, obs.wcs, (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0)
+        own_frame = Frame((obs.shape[0], *shape), wcs=wcs, channels=obs.channels)
+        to_native = relative_jacobian(own_frame, obs.frame)
         psf = None
         if obs.psf is not None:
             to_fine = np.linalg.inv(to_native)
             psf = np.stack([resample_psf(np.asarray(p), to_fine) for p in np.asarray(obs.psf)])
-        own_frame = Frame((obs.shape[0], *shape), wcs=wcs, channels=obs.channels)
         if psf is not None:
             # the resampled PSF is exact as it is: its peak may lie up to half a native
             # pixel (several fine pixels) from the centre, which must not be "fixed"
@@ -211,7 +207,7 @@ class CorrelatedObservation(FramedData, eqx.Module):
             native=obs,
             resampler=resampler,
             log_det_resampling=_log_det_gram(resampler, obs.shape[0]),
-            native_jacobian=jnp.asarray(relative_jacobian(own_frame, obs.frame)),
+            native_jacobian=jnp.asarray(to_native),
         )
 
     # -- views ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ __all__ = [
     "periodic_sinc",
     "interpolation_matrix",
     "image_transform",
+    "visible_band",
 ]
 
 _CHUNK = 4096
@@ -119,3 +120,28 @@ def image_transform(image: np.ndarray, freq_y, freq_x, jacobian=None, where=None
     out = np.zeros(ky.shape, complex)
     out[selected] = values
     return out
+
+
+def visible_band(jacobian: np.ndarray, freq_y: np.ndarray, freq_x: np.ndarray) -> np.ndarray:
+    """Which frequencies of a grid the pixels of another (coarser or rotated) grid resolve.
+
+    Parameters
+    ----------
+    jacobian : ndarray
+        ``(2, 2)`` matrix, ``(y, x)`` order, taking pixel offsets of the resolving
+        grid (the observation's native pixels) to pixel offsets of the grid whose
+        frequencies are tested.
+    freq_y, freq_x : ndarray
+        Frequencies in cycles per pixel of the tested grid, broadcast against each
+        other (e.g. the two outputs of ``np.meshgrid(..., indexing="ij")``).
+
+    Returns
+    -------
+    ndarray of bool
+        ``|J^T k| <= 1/2`` on both native axes (the native Nyquist band), with ``1e-9``
+        of slack for rounding in ``J``.
+    """
+    jac = np.asarray(jacobian, float)
+    k_native_y = jac[0, 0] * freq_y + jac[1, 0] * freq_x
+    k_native_x = jac[0, 1] * freq_y + jac[1, 1] * freq_x
+    return (np.abs(k_native_y) <= 0.5 + 1e-9) & (np.abs(k_native_x) <= 0.5 + 1e-9)

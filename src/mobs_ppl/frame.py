@@ -8,7 +8,6 @@ the model frame on which scenes are described is built from several observations
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Sequence
 
@@ -237,9 +236,7 @@ class Frame(eqx.Module):
                 f"the observations {names} do not overlap on the sky, so their "
                 "intersection is empty; use coverage='union' or check their WCS"
             )
-        wcs = copy.deepcopy(base)
-        wcs.wcs.crpix = wcs.wcs.crpix - np.array([x0, y0], float)
-        wcs.wcs.set()
+        wcs = sky.sub_grid_wcs(base, y0, x0)
         channels = tuple(c for f in frames for c in f.channels)
         if len(set(channels)) != len(channels):
             raise ValueError(

@@ -224,11 +224,8 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
     freq_y = np.fft.fftfreq(hp)
     freq_x = np.fft.rfftfreq(wp)
 
-    # the band visible in the observation's pixels: |J^T k| <= 1/2 on both axes
-    ky, kx = np.meshgrid(freq_y, freq_x, indexing="ij")
-    ky_obs = jac[0, 0] * ky + jac[1, 0] * kx
-    kx_obs = jac[0, 1] * ky + jac[1, 1] * kx
-    band = (np.abs(ky_obs) <= 0.5 + 1e-9) & (np.abs(kx_obs) <= 0.5 + 1e-9)
+    # the band visible in the observation's pixels
+    band = fourier.visible_band(jac, *np.meshgrid(freq_y, freq_x, indexing="ij"))
 
     on_grid = (
         np.allclose(jac, np.eye(2), atol=_GRID_TOLERANCE)

@@ -116,9 +116,7 @@ def resample_psf(psf: np.ndarray, jacobian: np.ndarray, size: int | None = None)
     freq = np.fft.fftfreq(n)
     ky, kx = np.meshgrid(freq, freq, indexing="ij")
     jac = np.asarray(jacobian, float)
-    band = (np.abs(jac[0, 0] * ky + jac[1, 0] * kx) <= 0.5) & (
-        np.abs(jac[0, 1] * ky + jac[1, 1] * kx) <= 0.5
-    )
+    band = fourier.visible_band(jac, ky, kx)
     spectrum = fourier.image_transform(psf, freq, freq, jac, where=band) * band
     image = np.real(np.fft.ifft2(spectrum))
     image = np.fft.fftshift(image)

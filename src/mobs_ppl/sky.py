@@ -19,6 +19,7 @@ __all__ = [
     "pixel_scale",
     "pixel_to_pixel",
     "local_jacobian",
+    "sub_grid_wcs",
     "pixel_edges",
 ]
 
@@ -140,6 +141,18 @@ def local_jacobian(wcs_from: WCS, wcs_to: WCS, y: float, x: float) -> np.ndarray
         ]
     )
     return jac
+
+
+def sub_grid_wcs(wcs: WCS, y0: int, x0: int) -> WCS:
+    """The WCS of the pixel grid whose first pixel is pixel ``(y0, x0)`` of ``wcs``'s grid.
+
+    A cut-out (``image[y0:, x0:]``) or a box of a larger frame: the same projection with
+    the reference pixel moved by ``(-x0, -y0)``. ``wcs`` is not modified.
+    """
+    out = copy.deepcopy(wcs)
+    out.wcs.crpix = out.wcs.crpix - np.array([x0, y0], float)
+    out.wcs.set()
+    return out
 
 
 def pixel_edges(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
