@@ -118,7 +118,6 @@ def _release_compiled_code():
 _LONGEST_FIRST = (
     "test_tutorials.py",
     "test_colour_gradient_calibration.py",
-    "test_cosmos_flow.py",
     "test_cosmos_nuts.py",
     "test_marginal_errors.py",
     "test_calibration.py",
