@@ -163,6 +163,31 @@ def test_trace_lists_documented_sites(model, field):
     assert trace["obs_HST"]["fn"].batch_shape == (1, 40, 40)
 
 
+def test_site_table_describes_every_latent_site(model):
+    # against the NumPyro trace of the program itself: the table's names in the
+    # program's order, its priors' supports and event shapes, and its values' shapes
+    trace = _trace(model)
+    latent = [k for k, v in trace.items() if v["type"] == "sample" and not v["is_observed"]]
+    table = model.site_table()
+    assert [site.name for site in table] == latent
+    for site in table:
+        node = trace[site.name]
+        assert site.prior.support == node["fn"].support, site.name
+        assert site.prior.event_shape == node["fn"].event_shape, site.name
+        assert np.shape(site.init) == np.shape(node["value"]), site.name
+        if site.dims is not None:
+            assert len(site.dims) == np.ndim(node["value"]), site.name
+    by_name = {site.name: site for site in table}
+    assert (by_name["center_1"].kind, by_name["center_1"].component) == ("center", 1)
+    assert (by_name["shift"].kind, by_name["shift"].component) == ("shift", None)
+    assert by_name["spectrum"].dims == ("component", "channel")
+    # selection by kind reads the table: every source's centre, nothing else
+    from mobs_ppl.sites import select_sites
+
+    assert select_sites(model, "center") == [n for n in latent if n.startswith("center_")]
+    assert select_sites(model, ["shift", "radius_0"]) == ["shift", "radius_0"]
+
+
 def test_condition_fixes_a_site(model):
     value = jnp.array([[0.4, -0.3]])
     trace = _trace(numpyro.handlers.condition(model, {"shift": value}))

@@ -17,6 +17,7 @@ import xarray as xr
 from numpyro.infer.util import log_density
 
 from .model import site_dims
+from .sites import observed_site_name
 
 __all__ = ["posterior_to_arviz", "make_inference_data"]
 
@@ -59,7 +60,7 @@ def make_inference_data(groups: dict[str, xr.Dataset]):
 def _observation_log_likelihoods(result, flat: dict, pointwise: bool, chunk: int = 25) -> dict:
     """Per-observation log-likelihood of every draw, computed in chunks of draws."""
     model = result.conditioned_model()
-    obs_sites = [f"obs_{o.name}" for o in result.model.observations]
+    obs_sites = [observed_site_name(o.name) for o in result.model.observations]
 
     def one(draw):
         _, trace = log_density(model, (), {}, draw)
@@ -105,7 +106,7 @@ def posterior_to_arviz(result, log_likelihood: str = "auto"):
     observed = {}
     for obs in model.observations:
         target = obs.likelihood_observation
-        observed[f"obs_{obs.name}"] = np.asarray(target.data)
+        observed[observed_site_name(obs.name)] = np.asarray(target.data)
     groups["observed_data"] = _dataset(observed, dims, coords, leading=())
 
     if log_likelihood != "none":

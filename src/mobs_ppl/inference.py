@@ -49,13 +49,6 @@ DEFAULT_STEP_SIZES = {
 }
 
 
-def _kind(site: str) -> str:
-    for kind in DEFAULT_STEP_SIZES:
-        if site == kind or site.startswith(kind + "_"):
-            return kind
-    return "other"
-
-
 @dataclasses.dataclass(frozen=True)
 class MAPResult:
     """Result of :func:`fit_map`.
@@ -269,8 +262,12 @@ def _fit_adam(
     # the schedule lets Adam settle: its step shrinks tenfold over max_iter
     schedule_decay = 0.1 ** (1.0 / max(max_iter, 1))
 
+    kinds = {site.name: site.kind for site in model.site_table()}
+
     def labels(params):
-        return {k: _kind(k.removesuffix("_auto_loc")) for k in params}
+        # AutoDelta names its parameters "<site>_auto_loc"
+        kind = {k: kinds.get(k.removesuffix("_auto_loc"), "other") for k in params}
+        return {k: v if v in sizes else "other" for k, v in kind.items()}
 
     transforms = {
         kind: optax.adam(optax.exponential_decay(size, 1, schedule_decay))

@@ -51,6 +51,7 @@ from .envelope import ENVELOPE_PARAMETERS
 from .frame import relative_jacobian
 from .observation import Observation
 from .scene import Scene
+from .sites import Site, observed_site_name
 from .sources import site_name
 
 __all__ = ["SceneModel", "scene_model", "site_dims"]
@@ -136,7 +137,8 @@ def scene_model(
     cube = realised.render(convolve=False)
     for obs in observations:
         distribution, value = _likelihood(obs, cube, shifts.get(obs.name), to_native[obs.name])
-        numpyro.sample(f"obs_{obs.name}", distribution, obs=value if observed else None)
+        site = observed_site_name(obs.name)
+        numpyro.sample(site, distribution, obs=value if observed else None)
 
 
 def _base_constraint(c):
@@ -292,36 +294,64 @@ class SceneModel(eqx.Module):
         )
 
     # -- site table ----------------------------------------------------------------------
+    def site_table(self) -> tuple[Site, ...]:
+        """Every latent site, in the order of the NumPyro program (see :class:`Site`).
+
+        The one place where site names, kinds, default priors, initial values and dims
+        are put together: :meth:`default_priors`, :meth:`init_values`,
+        :attr:`site_names`, :meth:`realise`, :func:`site_dims`, site selection
+        (``sites=``) and the per-kind step sizes of SVI read it.
+        """
+        spectra = jnp.stack([s.spectrum for s in self.scene.sources])
+        table = [
+            Site(
+                "spectrum",
+                "spectrum",
+                None,
+                dist.HalfNormal(SPECTRUM_PRIOR_FACTOR * spectra),
+                spectra,
+                ("component", "channel"),
+            )
+        ]
+        for i, source in enumerate(self.scene.sources):
+            values = source.parameters()
+            for kind, prior in source.default_priors().items():
+                table.append(
+                    Site(
+                        site_name(kind, i),
+                        kind,
+                        i,
+                        prior,
+                        jnp.asarray(values[kind]),
+                        _source_site_dims(kind, i),
+                    )
+                )
+        if self.shift_names:
+            scales = jnp.asarray(self.shift_scales)[:, None] * jnp.ones((1, 2))
+            table.append(
+                Site(
+                    "shift",
+                    "shift",
+                    None,
+                    dist.Normal(0.0, scales).to_event(2),
+                    jnp.zeros((len(self.shift_names), 2)),
+                    ("observation", "axis"),
+                )
+            )
+        return tuple(table)
+
     def default_priors(self) -> dict[str, dist.Distribution]:
         """Default prior of every latent site, by name."""
-        out = {
-            "spectrum": dist.HalfNormal(
-                SPECTRUM_PRIOR_FACTOR * jnp.stack([s.spectrum for s in self.scene.sources])
-            )
-        }
-        for i, source in enumerate(self.scene.sources):
-            for name, prior in source.default_priors().items():
-                out[site_name(name, i)] = prior
-        if self.shift_names:
-            out["shift"] = dist.Normal(
-                0.0, jnp.asarray(self.shift_scales)[:, None] * jnp.ones((1, 2))
-            ).to_event(2)
-        return out
+        return {site.name: site.prior for site in self.site_table()}
 
     def init_values(self) -> dict[str, jnp.ndarray]:
         """Initial value of every latent site (from the scene; zero shifts)."""
-        values = {"spectrum": jnp.stack([s.spectrum for s in self.scene.sources])}
-        for i, source in enumerate(self.scene.sources):
-            for name, value in source.parameters().items():
-                values[site_name(name, i)] = jnp.asarray(value)
-        if self.shift_names:
-            values["shift"] = jnp.zeros((len(self.shift_names), 2))
-        return values
+        return {site.name: site.init for site in self.site_table()}
 
     @property
     def site_names(self) -> tuple[str, ...]:
         """Names of the latent sites."""
-        return tuple(self.default_priors())
+        return tuple(site.name for site in self.site_table())
 
     def _check_priors(self, priors):
         defaults = self.default_priors()
@@ -340,15 +370,29 @@ class SceneModel(eqx.Module):
     def realise(self, params: Mapping[str, jnp.ndarray]) -> Scene:
         """The scene with latent values ``params`` (constrained space) substituted."""
         spectrum = params.get("spectrum", jnp.stack([s.spectrum for s in self.scene.sources]))
-        sources = []
-        for i, source in enumerate(self.scene.sources):
-            values = {
-                name: params[site_name(name, i)]
-                for name in source.parameters()
-                if site_name(name, i) in params
-            }
-            sources.append(source.replace_parameters(values).with_spectrum(spectrum[i]))
+        values = [{} for _ in self.scene.sources]
+        for site in self.site_table():
+            if site.component is not None and site.name in params:
+                values[site.component][site.kind] = params[site.name]
+        sources = [
+            source.replace_parameters(v).with_spectrum(spectrum[i])
+            for i, (source, v) in enumerate(zip(self.scene.sources, values, strict=True))
+        ]
         return self.scene.replace_sources(sources)
+
+
+def _source_site_dims(kind: str, component: int) -> tuple[str, ...] | None:
+    """ArviZ dims of a source parameter's site (``None``: ArviZ's defaults)."""
+    if kind == "morphology":
+        return (f"morph_y_{component}", f"morph_x_{component}")
+    return _SOURCE_SITE_DIMS.get(kind)
+
+
+_SOURCE_SITE_DIMS = {
+    "envelope": ("envelope_param",),
+    "center": ("axis",),
+    "shape": ("shape_component",),
+}
 
 
 def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]:
@@ -363,23 +407,19 @@ def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]
         "envelope_param": list(ENVELOPE_PARAMETERS),
         "observation": list(model.shift_names),
     }
-    dims = {"spectrum": ["component", "channel"], "flux": ["source", "channel"]}
+    dims = {"flux": ["source", "channel"]}
+    for site in model.site_table():
+        if site.dims is not None:
+            dims[site.name] = list(site.dims)
     if model.shift_names:
-        for name in ("shift", "shift_arcsec", "shift_native"):
+        for name in ("shift_arcsec", "shift_native"):
             dims[name] = ["observation", "axis"]
-    for i, source in enumerate(scene.sources):
-        for name in source.parameters():
-            site = site_name(name, i)
-            if name == "envelope":
-                dims[site] = ["envelope_param"]
-            elif name == "morphology":
-                dims[site] = [f"morph_y_{i}", f"morph_x_{i}"]
-            elif name == "center":
-                dims[site] = ["axis"]
-            elif name == "shape":
-                dims[site] = ["shape_component"]
     for obs in model.observations:
         target = obs.likelihood_observation
-        dims[f"obs_{obs.name}"] = [f"channel_{obs.name}", f"y_{obs.name}", f"x_{obs.name}"]
+        dims[observed_site_name(obs.name)] = [
+            f"channel_{obs.name}",
+            f"y_{obs.name}",
+            f"x_{obs.name}",
+        ]
         coords[f"channel_{obs.name}"] = list(target.channels)
     return dims, coords

@@ -7,11 +7,60 @@ and the split of the sites into those that are inferred and those held fixed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 
-__all__ = ["check_init", "select_sites", "split_sites", "start_values"]
+__all__ = [
+    "Site",
+    "check_init",
+    "observed_site_name",
+    "select_sites",
+    "split_sites",
+    "start_values",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One latent site of a :class:`~mobs_ppl.SceneModel`: what every consumer reads.
+
+    :meth:`SceneModel.site_table <mobs_ppl.SceneModel.site_table>` builds the table;
+    priors, initial values, ArviZ dims, site selection and per-kind optimiser settings
+    read it instead of building or parsing names.
+
+    Attributes
+    ----------
+    name : str
+        The NumPyro site name.
+    kind : str
+        ``"spectrum"``, ``"shift"``, or the source parameter (``"morphology"``,
+        ``"envelope"``, ``"center"``, ...) whose value the site holds.
+    component : int or None
+        Index of the source (component) the site belongs to; ``None`` for the sites
+        shared by the scene (spectra, shifts).
+    prior : numpyro.distributions.Distribution
+        The default prior.
+    init : jax.Array
+        The initial value (constrained space): the scene's, zero for shifts.
+    dims : tuple of str or None
+        ArviZ dims of the value; ``None`` leaves ArviZ's defaults.
+    """
+
+    name: str
+    kind: str
+    component: int | None
+    prior: dist.Distribution
+    init: jax.Array
+    dims: tuple[str, ...] | None
+
+
+def observed_site_name(observation: str) -> str:
+    """Name of the observed site of the observation called ``observation``."""
+    return f"obs_{observation}"
 
 
 def start_values(model, init=None) -> dict:
@@ -46,7 +95,7 @@ def check_init(model, values: Mapping) -> None:
 
 
 def select_sites(model, sites: Sequence[str] | str | None) -> list[str]:
-    """Site names chosen by full names or base names (``"morphology"`` = every source's)."""
+    """Site names chosen by full names or kinds (``"morphology"`` = every source's)."""
     names = list(model.site_names)
     if sites is None:
         return names
@@ -54,9 +103,7 @@ def select_sites(model, sites: Sequence[str] | str | None) -> list[str]:
         sites = [sites]
     chosen = []
     for s in sites:
-        matches = [
-            n for n in names if n == s or (n.startswith(s + "_") and n[len(s) + 1 :].isdigit())
-        ]
+        matches = [site.name for site in model.site_table() if s in (site.name, site.kind)]
         if not matches:
             raise ValueError(f"unknown site {s!r}; sites are {names}")
         chosen.extend(m for m in matches if m not in chosen)
