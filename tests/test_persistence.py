@@ -244,6 +244,19 @@ def test_save_scene_rejects_unknown_source_kind(setup, tmp_path):
         mp.save_scene(tmp_path / "x.npz", "not a scene")
 
 
+@pytest.mark.parametrize("missing", ["source_1_box_size", "source_3_n", "source_0_morphology"])
+def test_load_scene_names_the_missing_entry_of_an_incomplete_file(setup, tmp_path, missing):
+    mp.save_scene(tmp_path / "scene.npz", _all_kinds_scene(setup[0]))
+    with np.load(tmp_path / "scene.npz", allow_pickle=False) as archive:
+        full = {k: archive[k] for k in archive.files}
+    np.savez(tmp_path / "cut.npz", **{k: v for k, v in full.items() if k != missing})
+    with pytest.raises(ValueError, match=f"lacks the entry '{missing}'"):
+        mp.load_scene(tmp_path / "cut.npz")
+    np.savez(tmp_path / "odd.npz", **{**full, "source_2_kind": np.asarray("Spiral")})
+    with pytest.raises(ValueError, match="unknown kind 'Spiral'"):
+        mp.load_scene(tmp_path / "odd.npz")
+
+
 def test_load_scene_rejects_other_files(fit, tmp_path):
     mp.save_fit(tmp_path / "fit.npz", fit)
     with pytest.raises(ValueError, match="mobs_ppl.scene"):

@@ -532,3 +532,23 @@ def test_render_gradients_match_finite_differences(kind, rng):
         np.testing.assert_allclose(
             np.asarray(grad[name]), fd[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name
         )
+
+
+def test_source_kinds_are_abstract_or_final():
+    # the interface cannot be instantiated, and a kind that leaves out part of it fails
+    # at construction (abc), not at the first render or save
+    from mobs_ppl.sources import AbstractSource, _ParametricSource
+
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractSource()
+
+    class NoProfile(_ParametricSource):
+        def with_center(self, center):
+            return self
+
+        @classmethod
+        def from_persisted(cls, values):
+            return cls()
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoProfile()

@@ -85,7 +85,6 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .envelope import DEFAULT_CV, Envelope
 from .frame import Frame
 from .inference import MAPResult, PosteriorResult
 from .model import SceneModel
@@ -112,12 +111,8 @@ _VERSION = 2
 _READABLE = (1, 2)
 
 # exact type -> name; subclasses are not assumed to share their parent's constructor
-_KINDS = {
-    Source: "Source",
-    PointSource: "PointSource",
-    GaussianSource: "GaussianSource",
-    SersicSource: "SersicSource",
-}
+#: The source kinds a scene file holds, by the name written in ``source_<i>_kind``.
+_KINDS = {cls.__name__: cls for cls in (Source, PointSource, GaussianSource, SersicSource)}
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -210,73 +205,31 @@ def _frame_from(data: Mapping, path) -> Frame:
 
 
 def _source_arrays(i: int, source: AbstractSource) -> dict[str, np.ndarray]:
-    kind = _KINDS.get(type(source))
-    if kind is None:
+    kind = type(source).__name__
+    if _KINDS.get(kind) is not type(source):
         raise TypeError(
-            f"source {i} is a {type(source).__name__}; save_scene knows "
-            f"{', '.join(_KINDS.values())}"
+            f"source {i} is a {kind}; save_scene knows {', '.join(_KINDS)} (a kind of its "
+            "own would need its own entry there, so that load_scene can rebuild it)"
         )
     p = f"source_{i}_"
-    out = {
-        p + "kind": np.asarray(kind),
-        p + "center": np.asarray(source.center),
-        p + "spectrum": np.asarray(source.spectrum),
+    return {p + "kind": np.asarray(kind)} | {
+        p + name: value for name, value in source.persisted().items()
     }
-    if kind == "Source":
-        out[p + "morphology"] = np.asarray(source.morphology)
-        out[p + "prior"] = np.asarray(source.prior)
-        out[p + "cv"] = np.asarray(source.cv)
-        if source.envelope is not None:
-            out[p + "envelope"] = np.asarray(source.envelope.params)
-            out[p + "envelope_cv"] = np.asarray(source.envelope.cv)
-    elif kind == "PointSource":
-        out[p + "box_size"] = np.asarray(source.box_shape[0], dtype=np.int64)
-    else:
-        out[p + "radius"] = np.asarray(source.radius)
-        out[p + "ellipticity"] = np.asarray(source.ellipticity)
-        out[p + "shape"] = np.asarray(source.shape_param)
-        out[p + "box_size"] = np.asarray(source.box_shape[0], dtype=np.int64)
-        out[p + "oversample"] = np.asarray(source.oversample, dtype=np.int64)
-        out[p + "radius_prior_width"] = np.asarray(source.radius_prior_width)
-        if kind == "SersicSource":
-            out[p + "n"] = np.asarray(source.n)
-    return out
 
 
 def _source_from(i: int, data: Mapping, path) -> AbstractSource:
     p = f"source_{i}_"
-
-    def get(name):
-        return _require(data, p + name, path)
-
-    kind = str(get("kind"))
-    center, spectrum = get("center"), get("spectrum")
-    if kind == "Source":
-        prior = str(data.get(p + "prior", "envelope"))
-        cv = float(data.get(p + "cv", DEFAULT_CV))
-        envelope = None
-        if p + "envelope" in data:
-            envelope = Envelope(
-                jnp.asarray(data[p + "envelope"]), float(data.get(p + "envelope_cv", cv))
-            )
-        return Source(center, spectrum, get("morphology"), envelope, cv, prior)
-    if kind == "PointSource":
-        return PointSource(center, spectrum, box_size=int(get("box_size")))
-    if kind not in ("GaussianSource", "SersicSource"):
+    kind = str(_require(data, p + "kind", path))
+    if kind not in _KINDS:
         raise ValueError(f"{os.fspath(path)!r}: source {i} has unknown kind {kind!r}")
-    common = {
-        "radius": float(get("radius")),
-        "ellipticity": tuple(float(g) for g in get("ellipticity")),
-        "box_size": int(get("box_size")),
-        "oversample": int(get("oversample")),
-        "radius_prior_width": float(data.get(p + "radius_prior_width", 1.0)),
-    }
-    if kind == "GaussianSource":
-        source = GaussianSource(center, spectrum, **common)
-    else:
-        source = SersicSource(center, spectrum, n=float(get("n")), **common)
-    # ellipticity -> shape_param is not bit-exact: restore the stored parameter
-    return eqx.tree_at(lambda s: s.shape_param, source, jnp.asarray(get("shape")))
+    values = {key[len(p) :]: data[key] for key in data if key.startswith(p)}
+    try:
+        return _KINDS[kind].from_persisted(values)
+    except KeyError as missing:
+        raise ValueError(
+            f"{os.fspath(path)!r} lacks the entry {p + missing.args[0]!r}: the file is "
+            "incomplete"
+        ) from None
 
 
 def save_scene(path, scene: Scene) -> None:

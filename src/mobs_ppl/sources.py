@@ -20,6 +20,9 @@ Each kind declares its morphology parameters (:meth:`parameters`), their default
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Mapping
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -87,17 +90,17 @@ class AbstractSource(eqx.Module):
         """Model-frame pixel ``(y, x)`` of the box's first pixel (fixed at construction)."""
         return self._origin
 
+    @abc.abstractmethod
     def parameters(self) -> dict[str, jax.Array]:
         """Morphology parameters by name (without the source index)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def default_priors(self) -> dict[str, dist.Distribution]:
         """Prior of each morphology parameter."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def replace_parameters(self, values: dict) -> AbstractSource:
         """A copy with the given morphology parameters."""
-        raise NotImplementedError
 
     def sample_parameters(self, index: int, priors=None) -> dict:
         """Sample the morphology parameters as NumPyro sites ``<name>_<index>``.
@@ -121,9 +124,9 @@ class AbstractSource(eqx.Module):
             values[name] = numpyro.sample(site, priors.get(site, prior))
         return values
 
+    @abc.abstractmethod
     def image(self) -> jax.Array:
         """Morphology on the box, ``box_shape``."""
-        raise NotImplementedError
 
     def flux(self) -> jax.Array:
         """Total flux per channel (``spectrum`` times the morphology's sum)."""
@@ -133,9 +136,37 @@ class AbstractSource(eqx.Module):
         """A copy with another spectrum."""
         return eqx.tree_at(lambda s: s.spectrum, self, jnp.asarray(spectrum))
 
+    @abc.abstractmethod
     def with_center(self, center) -> AbstractSource:
         """A copy placed at ``center`` (model pixels); the box moves with it."""
-        raise NotImplementedError
+
+    # -- persistence: each kind declares the values that rebuild it ---------------------
+    def persisted(self) -> dict[str, np.ndarray]:
+        """The values that rebuild this source exactly (:meth:`from_persisted`).
+
+        ``center`` (model pixels) and ``spectrum``, then the kind's own
+        (:meth:`_own_persisted`). :func:`mobs_ppl.save_scene` writes them as they are.
+        """
+        return {
+            "center": np.asarray(self.center),
+            "spectrum": np.asarray(self.spectrum),
+            **self._own_persisted(),
+        }
+
+    @abc.abstractmethod
+    def _own_persisted(self) -> dict[str, np.ndarray]:
+        """The kind's values beyond ``center`` and ``spectrum``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_persisted(cls, values: Mapping[str, np.ndarray]) -> AbstractSource:
+        """The source that :meth:`persisted` gave ``values``.
+
+        Raises
+        ------
+        KeyError
+            If a value the kind needs is missing (an incomplete file).
+        """
 
 
 def _check_spectrum(spectrum) -> jax.Array:
@@ -269,6 +300,30 @@ class Source(AbstractSource):
             envelope = envelope.with_params(moved)
         return Source(center, self.spectrum, self.morphology, envelope, self.cv, self.prior)
 
+    def _own_persisted(self):
+        out = {
+            "morphology": np.asarray(self.morphology),
+            "prior": np.asarray(self.prior),
+            "cv": np.asarray(self.cv),
+        }
+        if self.envelope is not None:
+            out["envelope"] = np.asarray(self.envelope.params)
+            out["envelope_cv"] = np.asarray(self.envelope.cv)
+        return out
+
+    @classmethod
+    def from_persisted(cls, values):
+        cv = float(values.get("cv", DEFAULT_CV))
+        envelope = None
+        if "envelope" in values:
+            envelope = Envelope(
+                jnp.asarray(values["envelope"]), float(values.get("envelope_cv", cv))
+            )
+        prior = str(values.get("prior", "envelope"))
+        return cls(
+            values["center"], values["spectrum"], values["morphology"], envelope, cv, prior
+        )
+
 
 class _ParametricSource(AbstractSource):
     """Shared machinery of unit-flux analytic profiles sampled on a box."""
@@ -301,12 +356,38 @@ class _ParametricSource(AbstractSource):
         v = a[1, 0] * dx + a[1, 1] * dy
         return u**2 + v**2
 
+    @abc.abstractmethod
     def _profile(self, r2):
-        raise NotImplementedError
+        """The unnormalised profile at squared intrinsic radius ``r2`` (pixels^2)."""
 
+    @abc.abstractmethod
     def _total(self):
         """Integral of ``_profile`` over the plane (pixels^2); the shear preserves area."""
-        raise NotImplementedError
+
+    def _own_persisted(self):
+        return {
+            "radius": np.asarray(self.radius),
+            "ellipticity": np.asarray(self.ellipticity),
+            "shape": np.asarray(self.shape_param),
+            "box_size": np.asarray(self.box_shape[0], dtype=np.int64),
+            "oversample": np.asarray(self.oversample, dtype=np.int64),
+            "radius_prior_width": np.asarray(self.radius_prior_width),
+        }
+
+    @staticmethod
+    def _persisted_arguments(values):
+        """Constructor keywords shared by the parametric kinds, from persisted values."""
+        return {
+            "radius": float(values["radius"]),
+            "ellipticity": tuple(float(g) for g in values["ellipticity"]),
+            "box_size": int(values["box_size"]),
+            "oversample": int(values["oversample"]),
+            "radius_prior_width": float(values.get("radius_prior_width", 1.0)),
+        }
+
+    def _with_persisted_shape(self, values):
+        # ellipticity -> shape_param is not bit-exact: restore the stored parameter
+        return eqx.tree_at(lambda s: s.shape_param, self, jnp.asarray(values["shape"]))
 
     def image(self):
         """Pixel-integrated profile of unit total flux (light outside the box is lost)."""
@@ -421,6 +502,11 @@ class GaussianSource(_ParametricSource):
             self.radius_prior_width,
         )
 
+    @classmethod
+    def from_persisted(cls, values):
+        source = cls(values["center"], values["spectrum"], **cls._persisted_arguments(values))
+        return source._with_persisted_shape(values)
+
 
 class SersicSource(_ParametricSource):
     """Elliptical Sérsic profile of unit flux, ``I(r) ~ exp(-b_n (r / r_e)^(1/n))``.
@@ -498,6 +584,19 @@ class SersicSource(_ParametricSource):
             self.radius_prior_width,
         )
 
+    def _own_persisted(self):
+        return {**super()._own_persisted(), "n": np.asarray(self.n)}
+
+    @classmethod
+    def from_persisted(cls, values):
+        source = cls(
+            values["center"],
+            values["spectrum"],
+            n=float(values["n"]),
+            **cls._persisted_arguments(values),
+        )
+        return source._with_persisted_shape(values)
+
 
 class PointSource(AbstractSource):
     """An unresolved source at a sub-pixel position: the model PSF itself.
@@ -553,3 +652,10 @@ class PointSource(AbstractSource):
 
     def with_center(self, center):
         return PointSource(center, self.spectrum, self.box_shape[0])
+
+    def _own_persisted(self):
+        return {"box_size": np.asarray(self.box_shape[0], dtype=np.int64)}
+
+    @classmethod
+    def from_persisted(cls, values):
+        return cls(values["center"], values["spectrum"], box_size=int(values["box_size"]))
