@@ -374,9 +374,22 @@ class _ParametricSource(AbstractSource):
             "radius_prior_width": np.asarray(self.radius_prior_width),
         }
 
-    @staticmethod
-    def _persisted_arguments(values):
-        """Constructor keywords shared by the parametric kinds, from persisted values."""
+    def _keywords(self) -> dict:
+        """Constructor keywords beyond ``center`` and ``spectrum`` that rebuild this kind."""
+        return {
+            "radius": float(self.radius),
+            "ellipticity": tuple(float(g) for g in np.asarray(self.ellipticity)),
+            "box_size": self.box_shape[0],
+            "oversample": self.oversample,
+            "radius_prior_width": self.radius_prior_width,
+        }
+
+    def with_center(self, center):
+        return type(self)(center, self.spectrum, **self._keywords())
+
+    @classmethod
+    def _persisted_arguments(cls, values) -> dict:
+        """:meth:`_keywords`, from persisted values."""
         return {
             "radius": float(values["radius"]),
             "ellipticity": tuple(float(g) for g in values["ellipticity"]),
@@ -385,9 +398,11 @@ class _ParametricSource(AbstractSource):
             "radius_prior_width": float(values.get("radius_prior_width", 1.0)),
         }
 
-    def _with_persisted_shape(self, values):
+    @classmethod
+    def from_persisted(cls, values):
+        source = cls(values["center"], values["spectrum"], **cls._persisted_arguments(values))
         # ellipticity -> shape_param is not bit-exact: restore the stored parameter
-        return eqx.tree_at(lambda s: s.shape_param, self, jnp.asarray(values["shape"]))
+        return eqx.tree_at(lambda s: s.shape_param, source, jnp.asarray(values["shape"]))
 
     def image(self):
         """Pixel-integrated profile of unit total flux (light outside the box is lost)."""
@@ -491,21 +506,6 @@ class GaussianSource(_ParametricSource):
     def _total(self):
         return 2 * jnp.pi * self._sigma2()
 
-    def with_center(self, center):
-        return GaussianSource(
-            center,
-            self.spectrum,
-            float(self.radius),
-            tuple(np.asarray(self.ellipticity)),
-            self.box_shape[0],
-            self.oversample,
-            self.radius_prior_width,
-        )
-
-    @classmethod
-    def from_persisted(cls, values):
-        source = cls(values["center"], values["spectrum"], **cls._persisted_arguments(values))
-        return source._with_persisted_shape(values)
 
 
 class SersicSource(_ParametricSource):
@@ -572,30 +572,15 @@ class SersicSource(_ParametricSource):
             out = eqx.tree_at(lambda s: s.n, out, jnp.asarray(values["sersic_n"]))
         return out
 
-    def with_center(self, center):
-        return SersicSource(
-            center,
-            self.spectrum,
-            float(self.radius),
-            float(self.n),
-            tuple(np.asarray(self.ellipticity)),
-            self.box_shape[0],
-            self.oversample,
-            self.radius_prior_width,
-        )
+    def _keywords(self):
+        return {**super()._keywords(), "n": float(self.n)}
 
     def _own_persisted(self):
         return {**super()._own_persisted(), "n": np.asarray(self.n)}
 
     @classmethod
-    def from_persisted(cls, values):
-        source = cls(
-            values["center"],
-            values["spectrum"],
-            n=float(values["n"]),
-            **cls._persisted_arguments(values),
-        )
-        return source._with_persisted_shape(values)
+    def _persisted_arguments(cls, values):
+        return {**super()._persisted_arguments(values), "n": float(values["n"])}
 
 
 class PointSource(AbstractSource):
