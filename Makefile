@@ -44,7 +44,7 @@ demo: venv
 	$(BIN)/mobs-ppl demo --out results/
 
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(wildcard src tests benchmarks tutorials)
