@@ -112,10 +112,11 @@ def _release_compiled_code():
 
 # Test files that run longest (minutes of one core each, measured with `make test`'s
 # --durations): collected first, so that `pytest -n 2 --dist loadfile
-# --no-loadscope-reorder` starts them at once (without that flag pytest-xdist 3.8 sends
-# the files with the most tests first, and these few-test files ran last, in series) and the many short files fill the other worker meanwhile (longest first is the
-# classic rule for scheduling jobs on a few machines). The tutorial's joint COSMOS fit
-# alone took 25 of the 56 minutes when it was collected last.
+# --no-loadscope-reorder` starts them at once and the many short files fill the other
+# worker meanwhile (longest first is the classic rule for scheduling jobs on a few
+# machines). Without that flag pytest-xdist 3.8 sends the files with the most tests
+# first, and these few-test files ran last: the tutorial's joint COSMOS fit alone took
+# 25 of the 56 minutes when it ran last.
 _LONGEST_FIRST = (
     "test_tutorials.py",
     "test_colour_gradient_calibration.py",
