@@ -262,12 +262,12 @@ def _fit_adam(
     # the schedule lets Adam settle: its step shrinks tenfold over max_iter
     schedule_decay = 0.1 ** (1.0 / max(max_iter, 1))
 
-    kinds = {site.name: site.kind for site in model.site_table()}
+    # the step-size group of each site: its kind, where a step size is set for it
+    group = {s.name: s.kind if s.kind in sizes else "other" for s in model.site_table()}
 
     def labels(params):
         # AutoDelta names its parameters "<site>_auto_loc"
-        kind = {k: kinds.get(k.removesuffix("_auto_loc"), "other") for k in params}
-        return {k: v if v in sizes else "other" for k, v in kind.items()}
+        return {k: group.get(k.removesuffix("_auto_loc"), "other") for k in params}
 
     transforms = {
         kind: optax.adam(optax.exponential_decay(size, 1, schedule_decay))

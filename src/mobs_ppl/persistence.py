@@ -110,8 +110,8 @@ _VERSION = 2
 #: Versions of each file kind this version of mobs_ppl reads.
 _READABLE = (1, 2)
 
-# exact type -> name; subclasses are not assumed to share their parent's constructor
-#: The source kinds a scene file holds, by the name written in ``source_<i>_kind``.
+#: The source kinds a scene file holds, by the name written in ``source_<i>_kind``;
+#: exact types (a subclass is not assumed to share its parent's constructor).
 _KINDS = {cls.__name__: cls for cls in (Source, PointSource, GaussianSource, SersicSource)}
 
 

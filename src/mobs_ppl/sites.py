@@ -96,14 +96,15 @@ def check_init(model, values: Mapping) -> None:
 
 def select_sites(model, sites: Sequence[str] | str | None) -> list[str]:
     """Site names chosen by full names or kinds (``"morphology"`` = every source's)."""
-    names = list(model.site_names)
+    table = model.site_table()
+    names = [site.name for site in table]
     if sites is None:
         return names
     if isinstance(sites, str):
         sites = [sites]
     chosen = []
     for s in sites:
-        matches = [site.name for site in model.site_table() if s in (site.name, site.kind)]
+        matches = [site.name for site in table if s in (site.name, site.kind)]
         if not matches:
             raise ValueError(f"unknown site {s!r}; sites are {names}")
         chosen.extend(m for m in matches if m not in chosen)

@@ -364,18 +364,11 @@ class _ParametricSource(AbstractSource):
     def _total(self):
         """Integral of ``_profile`` over the plane (pixels^2); the shear preserves area."""
 
-    def _own_persisted(self):
-        return {
-            "radius": np.asarray(self.radius),
-            "ellipticity": np.asarray(self.ellipticity),
-            "shape": np.asarray(self.shape_param),
-            "box_size": np.asarray(self.box_shape[0], dtype=np.int64),
-            "oversample": np.asarray(self.oversample, dtype=np.int64),
-            "radius_prior_width": np.asarray(self.radius_prior_width),
-        }
+    #: Constructor keywords beyond ``center`` and ``spectrum`` (see :meth:`_keywords`).
+    _KEYWORDS = ("radius", "ellipticity", "box_size", "oversample", "radius_prior_width")
 
     def _keywords(self) -> dict:
-        """Constructor keywords beyond ``center`` and ``spectrum`` that rebuild this kind."""
+        """The values of :attr:`_KEYWORDS` that rebuild this source."""
         return {
             "radius": float(self.radius),
             "ellipticity": tuple(float(g) for g in np.asarray(self.ellipticity)),
@@ -387,20 +380,19 @@ class _ParametricSource(AbstractSource):
     def with_center(self, center):
         return type(self)(center, self.spectrum, **self._keywords())
 
-    @classmethod
-    def _persisted_arguments(cls, values) -> dict:
-        """:meth:`_keywords`, from persisted values."""
-        return {
-            "radius": float(values["radius"]),
-            "ellipticity": tuple(float(g) for g in values["ellipticity"]),
-            "box_size": int(values["box_size"]),
-            "oversample": int(values["oversample"]),
-            "radius_prior_width": float(values.get("radius_prior_width", 1.0)),
-        }
+    def _own_persisted(self):
+        stored = {name: np.asarray(value) for name, value in self._keywords().items()}
+        return {**stored, "shape": np.asarray(self.shape_param)}
 
     @classmethod
     def from_persisted(cls, values):
-        source = cls(values["center"], values["spectrum"], **cls._persisted_arguments(values))
+        # files of version 1 have no radius_prior_width: the constructor's default then
+        keywords = {
+            name: np.asarray(values[name]).tolist()
+            for name in cls._KEYWORDS
+            if name in values or name != "radius_prior_width"
+        }
+        source = cls(values["center"], values["spectrum"], **keywords)
         # ellipticity -> shape_param is not bit-exact: restore the stored parameter
         return eqx.tree_at(lambda s: s.shape_param, source, jnp.asarray(values["shape"]))
 
@@ -572,15 +564,10 @@ class SersicSource(_ParametricSource):
             out = eqx.tree_at(lambda s: s.n, out, jnp.asarray(values["sersic_n"]))
         return out
 
+    _KEYWORDS = (*_ParametricSource._KEYWORDS, "n")
+
     def _keywords(self):
         return {**super()._keywords(), "n": float(self.n)}
-
-    def _own_persisted(self):
-        return {**super()._own_persisted(), "n": np.asarray(self.n)}
-
-    @classmethod
-    def _persisted_arguments(cls, values):
-        return {**super()._persisted_arguments(values), "n": float(values["n"])}
 
 
 class PointSource(AbstractSource):
