@@ -235,10 +235,15 @@ class CorrelatedObservation(FramedData, eqx.Module):
         ``shift`` is ``(dy, dx)`` in pixels of this observation's grid (for the
         resampled kind: model-frame pixels).
         """
-        return self._require_renderer()(model, shift, convolved)
+        return self._require_renderer()(model, self.model_shift(shift), convolved)
 
     def native_shift(self, shift) -> jax.Array | None:
-        """A shift in this grid's pixels expressed in native pixels (resampled kind)."""
+        """A shift in this grid's pixels expressed in native pixels (resampled kind).
+
+        ``native_jacobian @ shift``, the derivative of the exact map from this grid to
+        the native one at this grid's centre (the same map that resampled the PSF).
+        A shift sampled in model pixels converts with :attr:`native_from_model`.
+        """
         if shift is None:
             return None
         return self.native_jacobian @ jnp.asarray(shift)
@@ -253,35 +258,29 @@ class CorrelatedObservation(FramedData, eqx.Module):
         """
         return self.native if self.native is not None else self
 
-    def likelihood_shift(self, shift):
-        """A shift in this grid's pixels, in the pixels of :attr:`likelihood_observation`."""
-        if shift is None or self.native is None:
-            return None if shift is None else jnp.asarray(shift)
-        return self.native_shift(shift)
-
     def likelihood(self, model, shift=None, *, convolved: bool = False):
         """The observed site's distribution and value for a model cube.
 
-        As :meth:`mobs_ppl.Observation.likelihood`, ``shift`` in the pixels of
-        :attr:`likelihood_observation`. Resampled kind: the native observation's
-        independent pixels. Measured kind: :class:`~mobs_ppl.distributions.
-        StationaryImageNormal` over the counted pixels.
+        As :meth:`mobs_ppl.Observation.likelihood`, ``shift`` in model pixels.
+        Resampled kind: the native observation's independent pixels. Measured kind:
+        :class:`~mobs_ppl.distributions.StationaryImageNormal` over the counted pixels.
         """
         if self.native is not None:
             return self.native.likelihood(model, shift, convolved=convolved)
-        prediction = self.render(model, shift, convolved=convolved)
+        prediction = self._require_renderer()(model, shift, convolved)
         used = self.counted_weights() > 0
         return StationaryImageNormal(prediction, self.noise, used), self.data
 
     def chi2_per_channel(self, model, shift=None, *, convolved: bool = True):
         """Chi-square and number of counted pixels per channel (see :meth:`likelihood`).
 
-        Measured kind: the chi-square under the correlated noise, ``r^T C^{-1} r``.
+        ``shift`` in model pixels. Measured kind: the chi-square under the correlated
+        noise, ``r^T C^{-1} r``.
         """
         if self.native is not None:
             return self.native.chi2_per_channel(model, shift, convolved=convolved)
         used = self.counted_weights() > 0
-        residual = (self.data - self.render(model, shift, convolved=convolved)) * used
+        residual = (self.data - self._require_renderer()(model, shift, convolved)) * used
         return self.noise.chi2_per_channel(residual), jnp.sum(used, axis=(1, 2))
 
     def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
@@ -290,11 +289,10 @@ class CorrelatedObservation(FramedData, eqx.Module):
         Resampled kind: the exact density of the resampled data on the range of ``R``
         (pseudo-inverse), computed as the native log-likelihood minus
         ``0.5 * log det(R^T R)``. Measured kind: the Fourier-diagonal density. Both are
-        the density of :meth:`likelihood` (``shift`` here in this grid's pixels).
+        the density of :meth:`likelihood` (``shift`` here in this grid's pixels, as in
+        :meth:`render`).
         """
-        distribution, value = self.likelihood(
-            model, self.likelihood_shift(shift), convolved=convolved
-        )
+        distribution, value = self.likelihood(model, self.model_shift(shift), convolved=convolved)
         constant = -0.5 * self.log_det_resampling if self.native is not None else 0.0
         return jnp.sum(distribution.log_prob(value)) + constant
 

@@ -212,8 +212,8 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
         Native observations are evaluated on their own pixels; a resampled observation
         is evaluated on its native data (its exact noise model).
     shift : array_like, optional
-        ``(dy, dx)`` in the observation's own pixels (for a native observation use
-        ``mp.frame.relative_jacobian(model_frame, obs.frame) @ fit.shift(name)``).
+        ``(dy, dx)`` in the observation's own pixels (for a native observation fitted
+        directly or through a resampled one: ``fit.shift_native(name)``).
 
     Returns
     -------
@@ -222,7 +222,7 @@ def goodness_of_fit(scene: Scene, observation, shift=None) -> dict[str, float]:
     """
     obs = observation.bound_to(scene.frame)
     chi2, counts = (
-        np.asarray(a) for a in obs.chi2_per_channel(scene.render(), obs.likelihood_shift(shift))
+        np.asarray(a) for a in obs.chi2_per_channel(scene.render(), obs.model_shift(shift))
     )
     channels = obs.likelihood_observation.channels
     return {name: float(chi2[c] / max(counts[c], 1)) for c, name in enumerate(channels)}

@@ -48,7 +48,6 @@ from numpyro.distributions import constraints
 
 from .correlated import CorrelatedObservation
 from .envelope import ENVELOPE_PARAMETERS
-from .frame import relative_jacobian
 from .observation import Observation
 from .scene import Scene
 from .sites import Site, observed_site_name
@@ -59,17 +58,6 @@ __all__ = ["SceneModel", "scene_model", "site_dims"]
 #: Relative width of the default spectrum prior: HalfNormal with scale ten times the
 #: initial spectrum, i.e. nearly flat over any flux the data can support.
 SPECTRUM_PRIOR_FACTOR = 10.0
-
-
-def _likelihood(obs, cube, shift_model, to_native):
-    """Observed-site distribution and value for one observation (its own likelihood).
-
-    ``cube`` is the scene before the model PSF: each observation applies its own PSF.
-    ``to_native`` takes the shift from model pixels to those of the observation's
-    ``likelihood_observation``.
-    """
-    shift = None if shift_model is None else to_native @ shift_model
-    return obs.likelihood(cube, shift, convolved=False)
 
 
 def scene_model(
@@ -95,9 +83,10 @@ def scene_model(
         Observations whose astrometric shift is sampled.
     shift_scales : array_like
         Prior standard deviation of each shift, model pixels.
-    to_native : mapping
-        Per observation name, the ``(2, 2)`` matrix from model pixels to the pixels in
-        which its likelihood is evaluated.
+    to_native : mapping, optional
+        Per shifted observation's name, the ``(2, 2)`` matrix from model pixels to the
+        pixels in which its likelihood is evaluated, for the ``shift_native`` site. By
+        default each observation's own :attr:`~mobs_ppl.Observation.native_from_model`.
     priors : mapping, optional
         Distributions replacing defaults, by site name.
     pixel_scale_arcsec : float
@@ -129,6 +118,8 @@ def scene_model(
         scales = jnp.asarray(shift_scales)[:, None] * jnp.ones((1, 2))
         shift = numpyro.sample("shift", priors.get("shift", dist.Normal(0.0, scales).to_event(2)))
         numpyro.deterministic("shift_arcsec", shift * pixel_scale_arcsec)
+        if to_native is None:
+            to_native = {obs.name: obs.native_from_model for obs in observations}
         native = jnp.stack([to_native[n] @ shift[k] for k, n in enumerate(shift_names)])
         numpyro.deterministic("shift_native", native)
         shifts = {n: shift[k] for k, n in enumerate(shift_names)}
@@ -136,7 +127,8 @@ def scene_model(
         return
     cube = realised.render(convolve=False)
     for obs in observations:
-        distribution, value = _likelihood(obs, cube, shifts.get(obs.name), to_native[obs.name])
+        # the shift stays in model pixels all the way to the renderer's phase
+        distribution, value = obs.likelihood(cube, shifts.get(obs.name), convolved=False)
         site = observed_site_name(obs.name)
         numpyro.sample(site, distribution, obs=value if observed else None)
 
@@ -249,16 +241,9 @@ class SceneModel(eqx.Module):
         self.shift_names = tuple(n for n in names if n in shifts)
         self.shift_scales = tuple(float(s) for s in scales)
 
-        to_native = {}
-        for obs in bound:
-            target = obs.likelihood_observation.frame
-            if frame.wcs is None or target.wcs is None:
-                to_native[obs.name] = jnp.eye(2)
-            else:
-                to_native[obs.name] = jnp.asarray(relative_jacobian(frame, target))
         self.scene = scene
         self.observations = tuple(bound)
-        self.to_native = to_native
+        self.to_native = {obs.name: obs.native_from_model for obs in self.observations}
         self.pixel_scale_arcsec = float(model_scale) if model_scale is not None else 1.0
         self.priors = {}
         self.priors = self._check_priors(dict(priors or {}))

@@ -107,6 +107,25 @@ class FramedData:
             return self
         return self.match(frame)
 
+    # -- the shift: observation pixels <-> model pixels (the renderer owns both) --------
+    def model_shift(self, shift) -> jax.Array | None:
+        """A shift ``(dy, dx)`` in this observation's pixels, in model pixels.
+
+        ``None`` stays ``None``. The bound renderer's :meth:`~Renderer.model_shift`.
+        """
+        return self._require_renderer().model_shift(shift)
+
+    @property
+    def native_from_model(self) -> jax.Array:
+        """``(2, 2)`` matrix from a shift in model pixels to the likelihood's pixels.
+
+        The pixels of :attr:`likelihood_observation` (native pixels for a resampled
+        observation). The one conversion that the ``shift_native`` site,
+        :meth:`mobs_ppl.MAPResult.shift_native`, the Laplace approximation, the
+        workflow and the plots reuse (through :attr:`mobs_ppl.SceneModel.to_native`).
+        """
+        return self.likelihood_observation._require_renderer().native_from_model
+
     def _require_renderer(self) -> Renderer:
         if self.renderer is None:
             raise ValueError(
@@ -241,7 +260,7 @@ class Observation(FramedData, eqx.Module):
         jax.Array
             ``(channels, height, width)`` prediction in data units per pixel.
         """
-        return self._require_renderer()(model, shift, convolved)
+        return self._require_renderer()(model, self.model_shift(shift), convolved)
 
     # -- the likelihood: the interface every observation kind owns ---------------------
     @property
@@ -249,14 +268,10 @@ class Observation(FramedData, eqx.Module):
         """The observation whose pixels the likelihood counts: this one.
 
         (A resampled :class:`~mobs_ppl.CorrelatedObservation` answers its native
-        observation.) Its ``frame`` sets the pixels of the shift that
-        :meth:`likelihood` takes, its ``data`` are the observed values.
+        observation.) Its ``data`` are the observed values, its ``channels`` those of
+        :meth:`chi2_per_channel`.
         """
         return self
-
-    def likelihood_shift(self, shift):
-        """A shift in this observation's pixels, in the likelihood's pixels: the same."""
-        return None if shift is None else jnp.asarray(shift)
 
     def likelihood(self, model, shift=None, *, convolved: bool = False):
         """The observed site's distribution and value for a model cube.
@@ -267,7 +282,8 @@ class Observation(FramedData, eqx.Module):
             ``(channels, height, width)`` model cube on the bound frame, before the
             model PSF unless ``convolved``.
         shift : array_like, optional
-            ``(dy, dx)`` in the pixels of :attr:`likelihood_observation`.
+            ``(dy, dx)`` in **model** pixels, as the NumPyro model samples it (handed
+            to the renderer as it is).
 
         Returns
         -------
@@ -277,17 +293,17 @@ class Observation(FramedData, eqx.Module):
         value : jax.Array
             The data.
         """
-        prediction = self.render(model, shift, convolved=convolved)
+        prediction = self._require_renderer()(model, shift, convolved)
         return pixel_normal(prediction, self.counted_weights()), self.data
 
     def chi2_per_channel(self, model, shift=None, *, convolved: bool = True):
         """Chi-square and number of counted pixels per channel, ``(channels,)`` each.
 
-        ``model`` and ``shift`` as in :meth:`likelihood` (here convolved by default, as
-        :meth:`mobs_ppl.Scene.render` gives it).
+        ``shift`` in model pixels, as in :meth:`likelihood`; ``model`` convolved with
+        the model PSF by default, as :meth:`mobs_ppl.Scene.render` gives it.
         """
         weights = self.counted_weights()
-        residual = self.data - self.render(model, shift, convolved=convolved)
+        residual = self.data - self._require_renderer()(model, shift, convolved)
         return jnp.sum(weights * residual**2, axis=(1, 2)), jnp.sum(weights > 0, axis=(1, 2))
 
     def log_likelihood(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
@@ -296,7 +312,7 @@ class Observation(FramedData, eqx.Module):
         Includes the normalisation ``0.5 * sum(log(w / 2 pi))`` over used pixels. Pixels
         outside the model frame's coverage do not count. The sum of the pointwise
         density of :meth:`likelihood` (the one implementation, which the NumPyro model
-        uses too).
+        uses too). ``shift`` in this observation's pixels, as in :meth:`render`.
         """
-        distribution, value = self.likelihood(model, shift, convolved=convolved)
+        distribution, value = self.likelihood(model, self.model_shift(shift), convolved=convolved)
         return jnp.sum(distribution.log_prob(value))

@@ -140,8 +140,7 @@ def scene(
         Needed for rendered, observed and residual panels (bound here if needed).
     shift : array_like, optional
         ``(dy, dx)`` of the observation in its own pixels (for a native observation
-        fitted through a resampled one: ``relative_jacobian(model_frame, obs.frame)
-        @ fit.shift(name)``).
+        fitted directly or through a resampled one: ``fit.shift_native(name)``).
     norm : Normalize, optional
         Colour normalisation of the data-like panels.
 

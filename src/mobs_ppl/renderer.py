@@ -9,7 +9,8 @@ the WCS, the prediction is computed exactly for band-limited images, in four ste
    the transfer function ``T(k) = P_obs(J^T k) / P_model(k)``, which replaces the model
    PSF by the observation's PSF; ``J`` is the local Jacobian from observation pixels to
    model pixels, and ``T`` is zero above the observation's Nyquist frequency (those
-   modes cannot be seen in its pixels). A shift is a phase ``exp(-2 pi i k . J s)``;
+   modes cannot be seen in its pixels). A shift ``s`` (model pixels) is a phase
+   ``exp(-2 pi i k . s)``;
 3. crop the spectrum to the band the observation sees and transform back to a grid
    that is just fine enough for it (this is exact: nothing is discarded but zeros);
 4. evaluate that band-limited image at the centre of every observed pixel, from the
@@ -59,7 +60,13 @@ class Renderer(eqx.Module):
     transfer: jax.Array
     freq_y: jax.Array
     freq_x: jax.Array
+    # d(model pixel) / d(observation pixel), (y, x) order, at the observation's centre
     jacobian: jax.Array
+    # d(observation pixel) / d(model pixel) at the model frame's centre, where the scene
+    # lies: a shift in model pixels expressed in observation pixels (the one owner of
+    # that conversion, which SceneModel.to_native reads); the inverse of ``jacobian``
+    # to the WCS's curvature across the frames (1e-9 for the test fields)
+    native_from_model: jax.Array
     interp_y: jax.Array
     interp_x: jax.Array
     coverage: jax.Array
@@ -73,6 +80,16 @@ class Renderer(eqx.Module):
         """Whether this operator was built for ``frame`` (same :attr:`Frame.key`)."""
         return self.model_frame_key == frame.key
 
+    def model_shift(self, shift) -> jax.Array | None:
+        """A shift ``(dy, dx)`` in observation pixels, in model pixels (``None`` stays).
+
+        ``jacobian @ shift``: the one conversion from an observation's pixels to the
+        model's, at the observation's centre (:attr:`native_from_model` goes back).
+        """
+        if shift is None:
+            return None
+        return self.jacobian @ jnp.asarray(shift, dtype=self.jacobian.dtype)
+
     def __call__(self, model, shift=None, convolved: bool = True) -> jax.Array:
         """Predicted data ``(channels, height, width)`` for a model-frame cube.
 
@@ -81,7 +98,8 @@ class Renderer(eqx.Module):
         model : array_like
             Cube of shape ``model_shape`` (flux per model pixel).
         shift : array_like, optional
-            ``(dy, dx)`` in observation pixels; sources appear displaced by it.
+            ``(dy, dx)`` in **model** pixels; sources appear displaced by it. A shift in
+            observation pixels converts with :meth:`model_shift`.
         convolved : bool
             Whether the cube is already convolved with the model PSF (the frame's
             convention). ``False`` takes the unconvolved scene and applies the
@@ -105,7 +123,7 @@ class Renderer(eqx.Module):
         spectrum = spectrum[:, :, : wq // 2 + 1]
         transfer = self.transfer if convolved else self.transfer * self.model_psf
         if shift is not None:
-            offset = self.jacobian @ jnp.asarray(shift, dtype=self.jacobian.dtype)
+            offset = jnp.asarray(shift, dtype=self.jacobian.dtype)
             phase = self.freq_y[:, None] * offset[0] + self.freq_x[None, :] * offset[1]
             transfer = transfer * jnp.exp(-2j * jnp.pi * phase)
         if self.mode == "near_separable":
@@ -160,7 +178,12 @@ def _channel_index(obs_frame, model_frame) -> tuple[int, ...]:
 
 
 def _positions(obs_frame, model_frame):
-    """Model-frame pixel coordinates of every observed pixel centre, and the Jacobian."""
+    """Model-frame pixel coordinates of every observed pixel centre, and the Jacobians.
+
+    Returns ``y, x`` (``(ho, wo)`` each), the Jacobian from observation to model pixels
+    at the observation's centre, and the one from model to observation pixels at the
+    model frame's centre.
+    """
     _, ho, wo = obs_frame.shape
     yy, xx = np.indices((ho, wo), dtype=float)
     if obs_frame.wcs is None and model_frame.wcs is None:
@@ -170,13 +193,15 @@ def _positions(obs_frame, model_frame):
                 f"height and width ({obs_frame.shape[1:]} vs {model_frame.shape[1:]}); "
                 "give both a WCS"
             )
-        return yy, xx, np.eye(2)
+        return yy, xx, np.eye(2), np.eye(2)
     if obs_frame.wcs is None or model_frame.wcs is None:
         which = "observation" if obs_frame.wcs is None else "model frame"
         raise ValueError(f"the {which} has no WCS, so the two grids cannot be related")
     y, x = sky.pixel_to_pixel(obs_frame.wcs, model_frame.wcs, yy.ravel(), xx.ravel())
     jac = sky.local_jacobian(obs_frame.wcs, model_frame.wcs, (ho - 1) / 2.0, (wo - 1) / 2.0)
-    return y.reshape(ho, wo), x.reshape(ho, wo), jac
+    _, hm, wm = model_frame.shape
+    back = sky.local_jacobian(model_frame.wcs, obs_frame.wcs, (hm - 1) / 2.0, (wm - 1) / 2.0)
+    return y.reshape(ho, wo), x.reshape(ho, wo), jac, back
 
 
 def _psf_or_delta(psf, index):
@@ -198,7 +223,7 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
     channel_index = _channel_index(obs_frame, model_frame)
     _, height, width = model_frame.shape
     _, ho, wo = obs_frame.shape
-    y, x, jac = _positions(obs_frame, model_frame)
+    y, x, jac, native_from_model = _positions(obs_frame, model_frame)
     inside = (
         (y > -0.5 - 1e-9) & (y < height - 0.5 + 1e-9) & (x > -0.5 - 1e-9) & (x < width - 0.5 + 1e-9)
     )
@@ -312,6 +337,7 @@ def build_renderer(obs_frame, model_frame) -> Renderer:
         freq_y=jnp.asarray(fy),
         freq_x=jnp.asarray(fx),
         jacobian=jnp.asarray(jac),
+        native_from_model=jnp.asarray(native_from_model),
         interp_y=jnp.asarray(interp_y),
         interp_x=jnp.asarray(interp_x),
         coverage=jnp.asarray(inside.astype(float)),
