@@ -22,6 +22,7 @@ from astropy.wcs.utils import pixel_to_pixel
 from numpyro import handlers
 
 import mobs_ppl as mp
+from mobs_ppl.psf import gaussian_psf
 
 FINE_SCALE, COARSE_SCALE = 0.03, 0.12
 SHIFT = np.array([0.7, -1.1])  # model pixels
@@ -38,18 +39,12 @@ def _wcs(scale: float, n: int, angle_deg: float = 0.0) -> WCS:
     return w
 
 
-def _psf(sigma: float, size: int) -> np.ndarray:
-    yy, xx = np.indices((size, size), dtype=float) - (size - 1) / 2.0
-    psf = np.exp(-0.5 * (yy**2 + xx**2) / sigma**2)
-    return psf / psf.sum()
-
-
 def _observations():
     rng = np.random.default_rng(3)
     fine = mp.Observation(
         rng.normal(size=(1, 64, 64)) * 0.01,
         weights=1e4,
-        psf=_psf(1.2, 11),
+        psf=gaussian_psf(1.2, 11),
         wcs=_wcs(FINE_SCALE, 64),
         channels=["F814W"],
         name="HST",
@@ -57,7 +52,7 @@ def _observations():
     coarse = mp.Observation(
         rng.normal(size=(2, 20, 20)) * 0.02,
         weights=2500.0,
-        psf=np.stack([_psf(1.1, 9), _psf(1.3, 9)]),
+        psf=np.stack([gaussian_psf(1.1, 9), gaussian_psf(1.3, 9)]),
         wcs=_wcs(COARSE_SCALE, 20, angle_deg=30.0),
         channels=["i", "z"],
         name="HSC",
