@@ -46,9 +46,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from .correlated import CorrelatedObservation
 from .envelope import ENVELOPE_PARAMETERS
-from .observation import Observation
+from .observation import FramedData
 from .scene import Scene
 from .sites import Site, observed_site_name
 from .sources import site_name
@@ -196,13 +195,13 @@ class SceneModel(eqx.Module):
             raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
         if len(scene.sources) == 0:
             raise ValueError("the scene has no sources")
-        if isinstance(observations, (Observation, CorrelatedObservation)):
+        if isinstance(observations, FramedData):
             observations = [observations]
         frame = scene.frame
         bound = []
         names = []
         for obs in observations:
-            if not isinstance(obs, (Observation, CorrelatedObservation)):
+            if not isinstance(obs, FramedData):
                 raise TypeError(f"expected observations, got {type(obs).__name__}")
             obs = obs.bound_to(frame)
             bound.append(obs)
