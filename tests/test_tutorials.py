@@ -36,6 +36,8 @@ def test_tutorial_runs(path, shared_data_dir, tmp_path):
         "MPLBACKEND": "Agg",
         "MOBS_PPL_DATA_DIR": str(shared_data_dir),
         "MOBS_PPL_TUTORIAL_OUT": str(tmp_path),
+        # fewer NUTS draws (the tutorial's numbers checked below do not depend on them)
+        "MOBS_PPL_TUTORIAL_QUICK": "1",
     }
     result = subprocess.run(
         [sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True

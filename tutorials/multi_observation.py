@@ -24,8 +24,9 @@
 # Steps: observations -> model frame -> noise models -> sources -> NumPyro model ->
 # MAP -> posterior (Laplace, then NUTS) -> ArviZ -> back to the native HSC pixels.
 #
-# It runs in a few minutes on a laptop CPU. Figures go to `$MOBS_PPL_TUTORIAL_OUT`
-# (default: `tutorial_output/`).
+# It runs in about twenty minutes on two CPU cores. Figures go to
+# `$MOBS_PPL_TUTORIAL_OUT` (default: `tutorial_output/`). With `MOBS_PPL_TUTORIAL_QUICK=1`
+# (as the test suite runs it) NUTS draws fewer samples; everything else is the same.
 
 # %%
 import os
@@ -41,6 +42,7 @@ import mobs_ppl as mp
 jax.config.update("jax_enable_x64", True)  # the package works in float32 too
 out = pathlib.Path(os.environ.get("MOBS_PPL_TUTORIAL_OUT", "tutorial_output"))
 out.mkdir(parents=True, exist_ok=True)
+quick = os.environ.get("MOBS_PPL_TUTORIAL_QUICK", "0") not in ("", "0")
 
 # %% [markdown]
 # ## 1. The observations
@@ -156,8 +158,15 @@ print(
     conditional.conditional,
 )
 
+num_warmup, num_samples = (50, 50) if quick else (200, 300)
 post = mp.sample(
-    model, init=fit, sites=["shift"], num_warmup=200, num_samples=300, num_chains=2, seed=0
+    model,
+    init=fit,
+    sites=["shift"],
+    num_warmup=num_warmup,
+    num_samples=num_samples,
+    num_chains=2,
+    seed=0,
 )
 idata = post.to_arviz()  # dims: observation, axis, source, channel
 print(az.summary(idata, var_names=["shift_native"], round_to="none"))
