@@ -26,7 +26,7 @@ def test_readme_gives_the_two_commands():
 
 #: The layers of docs/architecture.md, lowest first.
 LAYERS = (
-    ("_warnings", "robust", "sky", "frame", "fourier", "psf"),
+    ("_warnings", "atomic", "robust", "sky", "frame", "fourier", "psf"),
     ("renderer", "resample", "sources", "envelope", "ellipticity", "scene"),
     ("noise", "distributions", "likelihood"),
     ("observation", "correlated", "datasets", "synthetic"),

@@ -44,7 +44,20 @@ def _parser() -> argparse.ArgumentParser:
             "OUT/summary.json, the fit and plots."
         ),
     )
-    demo.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    demo.add_argument(
+        "--out",
+        required=True,
+        type=pathlib.Path,
+        help=(
+            "results folder, written as a whole (replaced at the end of a successful run); "
+            "an existing one must be empty or an earlier results folder (with run.json)"
+        ),
+    )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds other content (which is deleted)",
+    )
     demo.add_argument(
         "--data-dir",
         type=pathlib.Path,
@@ -211,16 +224,29 @@ def _load_field(args):
 
 
 def _demo(args) -> int:
+    """Run the demo into a staged results folder that replaces ``--out`` on success."""
+    from .atomic import staged_folder
+
+    with staged_folder(args.out, overwrite=args.overwrite) as staged:
+        code = _run_demo(args, staged.path)
+        if code:
+            staged.discard()  # e.g. no data: leave --out as it was
+    if code == 0:
+        print(f"wrote {args.out / 'summary.json'}")
+    return code
+
+
+def _run_demo(args, out_dir: pathlib.Path) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
 
     import numpy as np
 
+    from .atomic import write_text
     from .frame import Frame
     from .psf import psf_sigma
 
-    out_dir: pathlib.Path = args.out
     t_start = time.perf_counter()
     print(f"{PROG} {_version()} demo (jax {jax.__version__}, {jax.default_backend()}, float64)")
 
@@ -344,12 +370,7 @@ def _demo(args) -> int:
                 f"{np.round(fitted - true, 3)} = {np.round((fitted - true) / sd, 2)} marginal sd"
             )
         summary["total_s"] = time.perf_counter() - t_start
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "summary.json"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(path)  # atomic: a reader never sees half a summary
-    print(f"wrote {path}")
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return 0
 
 

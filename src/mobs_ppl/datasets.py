@@ -11,7 +11,14 @@ Where the files are found, in this order:
    itself;
 2. the environment variable ``MOBS_PPL_DATA_DIR`` (same two forms);
 3. a user cache (``pooch.os_cache("mobs_ppl")``), into which the files are downloaded
-   once, with their SHA-256 hashes checked, unless ``download=False``.
+   once, unless ``download=False``.
+
+Wherever they come from, the files are checked against their known SHA-256 hashes
+(:data:`COSMOS_FILES`) before they are read; a mismatch raises :class:`DataFileError`
+naming the file and both hashes. Files of your own (another cut-out under the same
+names) need the check turned off: ``verify=False``, or the environment variable
+``MOBS_PPL_VERIFY_DATA=0``. A truncated or unreadable FITS file raises
+:class:`DataFileError` naming it, checked or not.
 """
 
 from __future__ import annotations
@@ -27,12 +34,23 @@ from astropy.wcs import WCS
 from .observation import Observation, estimate_weights
 from .psf import psf_center
 
-__all__ = ["COSMOS_FILES", "DATA_DIR_ENV", "cosmos_files", "load_cosmos"]
+__all__ = [
+    "COSMOS_FILES",
+    "DATA_DIR_ENV",
+    "VERIFY_ENV",
+    "DataFileError",
+    "cosmos_files",
+    "load_cosmos",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the data directory (the folder holding ``cosmos_hst_hsc/``).
 DATA_DIR_ENV = "MOBS_PPL_DATA_DIR"
+
+#: Environment variable that turns the hash check off when set to ``0`` (or ``false``,
+#: ``no``, ``off``); the ``verify`` argument wins over it.
+VERIFY_ENV = "MOBS_PPL_VERIFY_DATA"
 
 #: Name of the folder that holds the COSMOS files.
 COSMOS_FOLDER = "cosmos_hst_hsc"
@@ -55,6 +73,38 @@ _HOW_TO_PROVIDE = (
     f"pass data_dir=... (a directory holding {COSMOS_FOLDER}/, or that folder itself) "
     f"or set the environment variable {DATA_DIR_ENV} to such a directory"
 )
+
+
+class DataFileError(OSError, ValueError):
+    """A data file is not the expected one: wrong content (hash) or unreadable FITS.
+
+    Both an ``OSError`` (the file on disk is bad, like a failed download) and a
+    ``ValueError``.
+    """
+
+
+def _verify_wanted(verify: bool | None) -> bool:
+    """``verify`` if given, else whether ``MOBS_PPL_VERIFY_DATA`` leaves the check on."""
+    if verify is not None:
+        return bool(verify)
+    return os.environ.get(VERIFY_ENV, "").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _verify(paths: dict[str, pathlib.Path], source: str) -> dict[str, pathlib.Path]:
+    """Raise :class:`DataFileError` unless every file has its known SHA-256 hash."""
+    import pooch
+
+    for name, path in paths.items():
+        found = pooch.file_hash(str(path), alg="sha256")
+        if found != COSMOS_FILES[name]:
+            raise DataFileError(
+                f"COSMOS file {str(path)!r} ({source}) is not the expected file: its SHA-256 "
+                f"is {found}, expected {COSMOS_FILES[name]} (truncated, altered or another "
+                "file). Replace it with the original (a cached copy: delete it and it is "
+                f"downloaded again), or, for files of your own, turn the check off with "
+                f"verify=False or {VERIFY_ENV}=0"
+            )
+    return paths
 
 
 def _cache_dir() -> pathlib.Path:
@@ -93,7 +143,9 @@ def _fetch(cache: pathlib.Path) -> dict[str, pathlib.Path]:
     return {name: pathlib.Path(store.fetch(name)) for name in COSMOS_FILES}
 
 
-def cosmos_files(data_dir=None, *, download: bool = True) -> dict[str, pathlib.Path]:
+def cosmos_files(
+    data_dir=None, *, download: bool = True, verify: bool | None = None
+) -> dict[str, pathlib.Path]:
     """Locate (or download) the four COSMOS FITS files.
 
     Parameters
@@ -106,6 +158,10 @@ def cosmos_files(data_dir=None, *, download: bool = True) -> dict[str, pathlib.P
         Whether files missing from the user cache may be downloaded (hash-checked).
         Files already in the cache are used either way; a given ``data_dir`` or
         ``MOBS_PPL_DATA_DIR`` is never downloaded into.
+    verify : bool, optional
+        Check every file against its known SHA-256 hash (:data:`COSMOS_FILES`). By
+        default on, unless the environment variable ``MOBS_PPL_VERIFY_DATA`` is ``0``;
+        turn it off for files of your own. Downloads are always checked (by pooch).
 
     Returns
     -------
@@ -118,20 +174,24 @@ def cosmos_files(data_dir=None, *, download: bool = True) -> dict[str, pathlib.P
     FileNotFoundError
         If the given directory does not exist or lacks a file (the message names it),
         or if nothing is found and ``download`` is false.
+    DataFileError
+        If a file found locally does not have its known hash (and ``verify`` is on).
     OSError
         If the download fails (no network, server error, or a hash mismatch).
     """
+    check = _verify if _verify_wanted(verify) else lambda paths, source: paths
     if data_dir is not None:
         folder = _cosmos_folder(pathlib.Path(data_dir), "data_dir argument")
-        return _check_folder(folder, "data_dir argument")
+        return check(_check_folder(folder, "data_dir argument"), "data_dir argument")
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     if env:
-        folder = _cosmos_folder(pathlib.Path(env), f"environment variable {DATA_DIR_ENV}")
-        return _check_folder(folder, f"environment variable {DATA_DIR_ENV}")
+        source = f"environment variable {DATA_DIR_ENV}"
+        folder = _cosmos_folder(pathlib.Path(env), source)
+        return check(_check_folder(folder, source), source)
     cache = _cache_dir()
     if not download:
         if all((cache / name).is_file() for name in COSMOS_FILES):
-            return {name: cache / name for name in COSMOS_FILES}
+            return check({name: cache / name for name in COSMOS_FILES}, "user cache")
         raise FileNotFoundError(
             f"COSMOS data not found (no data_dir, {DATA_DIR_ENV} unset, nothing in the "
             f"cache {str(cache)!r}) and download=False: {_HOW_TO_PROVIDE}, or allow the "
@@ -147,10 +207,29 @@ def cosmos_files(data_dir=None, *, download: bool = True) -> dict[str, pathlib.P
 
 
 def _read(path: pathlib.Path) -> tuple[np.ndarray, fits.Header]:
-    """Primary HDU of a FITS file as a native-endian float64 array, with its header."""
-    with fits.open(path, memmap=False) as hdul:
-        data = np.array(hdul[0].data, dtype=np.float64)
-        header = hdul[0].header.copy()
+    """Primary HDU of a FITS file as a native-endian float64 array, with its header.
+
+    Raises :class:`DataFileError` naming the file if it is not FITS, has no image or is
+    shorter than its header declares.
+    """
+    bad = f"{str(path)!r} is not a readable FITS image"
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            needed = hdul.fileinfo(0)["datLoc"] + hdul[0].size
+            size = os.path.getsize(path)
+            if size < needed:
+                raise DataFileError(
+                    f"{bad}: the file is truncated ({size} bytes; its header declares "
+                    f"{needed}). Replace it with a complete copy"
+                )
+            if hdul[0].data is None:
+                raise DataFileError(f"{bad}: its primary HDU holds no image")
+            data = np.array(hdul[0].data, dtype=np.float64)
+            header = hdul[0].header.copy()
+    except DataFileError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as err:
+        raise DataFileError(f"{bad} ({type(err).__name__}: {err})") from None
     return data, header
 
 
@@ -175,7 +254,9 @@ def _prepare_psf(psf: np.ndarray, name: str) -> np.ndarray:
     return np.stack(out)
 
 
-def load_cosmos(data_dir=None, *, download: bool = True) -> tuple[Observation, Observation]:
+def load_cosmos(
+    data_dir=None, *, download: bool = True, verify: bool | None = None
+) -> tuple[Observation, Observation]:
     """The COSMOS field as two ready observations: HST F814W and HSC g, r, i, z, y.
 
     Parameters
@@ -187,6 +268,9 @@ def load_cosmos(data_dir=None, *, download: bool = True) -> tuple[Observation, O
     download : bool
         Allow downloading the files (about 0.6 MB, SHA-256 checked) when they are not
         found locally.
+    verify : bool, optional
+        Check the files' SHA-256 hashes wherever they were found (default: on, unless
+        ``MOBS_PPL_VERIFY_DATA=0``); see :func:`cosmos_files`.
 
     Returns
     -------
@@ -216,10 +300,13 @@ def load_cosmos(data_dir=None, *, download: bool = True) -> tuple[Observation, O
     ------
     FileNotFoundError
         If the files cannot be found (the message says how to provide them).
+    DataFileError
+        If a file does not have its known hash (with ``verify``), or is not a readable
+        FITS image (e.g. truncated).
     OSError
         If a download was needed and failed.
     """
-    paths = cosmos_files(data_dir, download=download)
+    paths = cosmos_files(data_dir, download=download, verify=verify)
     observations = []
     for instrument, channels in (("HST", ("F814W",)), ("HSC", HSC_BANDS)):
         data, header = _read(paths[f"Cut_{instrument}.fits"])

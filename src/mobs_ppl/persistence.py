@@ -14,6 +14,27 @@ The ``.npz`` files hold only numbers and strings (no pickled objects); they are 
 with ``allow_pickle=False``. Arrays come back bit for bit (in the precision they were
 saved in; JAX keeps them float64 when ``jax_enable_x64`` is on).
 
+Writing and reading safely
+--------------------------
+
+Every ``save_*`` writes to a temporary file in the target's folder and renames it over
+the target at the end (:func:`mobs_ppl.atomic.atomic_path`): a failed or interrupted
+write leaves the previous file as it was, and no temporary file behind.
+
+Every ``load_*`` checks before it trusts. A missing file raises ``FileNotFoundError``.
+A ``ValueError`` naming the file says it is not a valid mobs_ppl file when it is not a
+complete ``.npz`` archive (truncated, corrupt, text), has no or another ``format``, a
+version this package does not read, an entry that is not a NumPy array or holds Python
+objects, or an entry whose stored size differs from the one its declared shape and
+dtype give. Sizes are checked before anything is decompressed: the entries may expand
+to at most :data:`MAX_EXPANSION` bytes beyond the file's size on disk. The values are
+then checked and errors name the entry: every number finite, entries of the expected
+kind and dimension, each source as its constructor requires (positive spectrum,
+morphology inside (0, 1)) with its parameters inside its priors' supports; for
+:func:`load_fit`, the parameter names, shapes and supports of the model's sites
+(:meth:`~mobs_ppl.SceneModel.site_table`). A posterior file must be netCDF, readable by
+ArviZ, with a ``posterior`` group of finite draws.
+
 Scene file (``format = "mobs_ppl.scene"``, ``version = 2``)
 --------------------------------------------------------------
 
@@ -79,12 +100,15 @@ The netCDF file ArviZ writes for the ``InferenceData`` of
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .atomic import atomic_path
 from .frame import Frame
 from .inference import MAPResult, PosteriorResult
 from .model import SceneModel
@@ -93,6 +117,7 @@ from .sources import AbstractSource, GaussianSource, PointSource, SersicSource, 
 
 __all__ = [
     "FIT_FORMAT",
+    "MAX_EXPANSION",
     "SCENE_FORMAT",
     "load_fit",
     "load_posterior",
@@ -117,25 +142,96 @@ _KINDS = {cls.__name__: cls for cls in (Source, PointSource, GaussianSource, Ser
 
 # -- helpers ----------------------------------------------------------------------------
 
+#: How many bytes the entries of an ``.npz`` file may expand to beyond the file's size
+#: on disk. The files this module writes are stored uncompressed (no expansion); the
+#: allowance admits a re-compressed file while refusing a small file that would
+#: decompress to hundreds of megabytes.
+MAX_EXPANSION = 64 * 2**20
+
 
 def _write_npz(path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as given (no ``.npz`` suffix appended)."""
-    with open(os.fspath(path), "wb") as f:
+    """Write ``arrays`` to ``path`` atomically, as given (no ``.npz`` suffix appended)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
 
+def _npy_header(f, key: str, bad: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype declared by the ``.npy`` header at the start of ``f``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version} is not one NumPy's savez writes")
+    except ValueError as err:
+        raise ValueError(f"{bad}: entry {key!r} is not a NumPy array ({err})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{bad}: entry {key!r} holds Python objects (only numbers and strings)")
+    return shape, dtype
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, bad: str) -> np.ndarray:
+    """One entry, after checking that its declared shape matches its stored size."""
+    key = info.filename.removesuffix(".npy")
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"{bad}: entry {info.filename!r} is not a NumPy array (.npy)")
+    with archive.open(info) as f:
+        shape, dtype = _npy_header(f, key, bad)
+        declared = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if declared != info.file_size:
+        raise ValueError(
+            f"{bad}: entry {key!r} declares shape {shape} of {dtype} ({declared} bytes with "
+            f"its header) but holds {info.file_size} bytes"
+        )
+    with archive.open(info) as f:
+        try:
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{bad}: entry {key!r} cannot be read ({err})") from None
+
+
+def _read_arrays(path: str, bad: str) -> dict[str, np.ndarray]:
+    """The entries of the ``.npz`` file ``path``, checked before anything is expanded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            size = os.path.getsize(path)
+            total = sum(info.file_size for info in members)
+            if total > size + MAX_EXPANSION:
+                raise ValueError(
+                    f"{bad}: its entries would expand to {total} bytes from {size} on disk "
+                    f"(more than persistence.MAX_EXPANSION = {MAX_EXPANSION} beyond; "
+                    "mobs_ppl writes its files uncompressed)"
+                )
+            return {
+                info.filename.removesuffix(".npy"): _read_member(archive, info, bad)
+                for info in members
+            }
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{bad}: it is not a complete .npz archive ({type(err).__name__}: {err}); "
+            "a file that save_scene or save_fit wrote may have been truncated or altered"
+        ) from None
+
+
 def _read_npz(path, expected_format: str) -> dict[str, np.ndarray]:
-    with np.load(os.fspath(path), allow_pickle=False) as archive:
-        data = {k: archive[k] for k in archive.files}
-    found = str(data["format"]) if "format" in data else None
+    """The checked entries of a file of ``expected_format`` and a readable version."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"no {expected_format} file at {name!r}")
+    data = _read_arrays(name, f"{name!r} is not a valid {expected_format} file")
+    found = str(data["format"]) if "format" in data and data["format"].shape == () else None
     if found != expected_format:
         raise ValueError(
-            f"{os.fspath(path)!r} is not a {expected_format} file (format key: {found!r})"
+            f"{name!r} is not a {expected_format} file (format key: {found!r}); it was not "
+            f"written by mobs_ppl's save_{expected_format.rsplit('.', 1)[-1]}"
         )
-    version = int(data.get("version", -1))
+    version = _scalar(data, "version", path, int) if "version" in data else None
     if version not in _READABLE:
         raise ValueError(
-            f"{os.fspath(path)!r} has {expected_format} version {version}; this version of "
+            f"{name!r} has {expected_format} version {version}; this version of "
             f"mobs_ppl reads versions {_READABLE}"
         )
     return data
@@ -145,6 +241,49 @@ def _require(data: Mapping, key: str, path) -> np.ndarray:
     if key not in data:
         raise ValueError(f"{os.fspath(path)!r} lacks the entry {key!r}: the file is incomplete")
     return data[key]
+
+
+def _scalar(data: Mapping, key: str, path, kind: type):
+    """The single value of entry ``key`` as ``kind`` (int, float, bool or str)."""
+    value = _require(data, key, path)
+    expected = {int: "iu", float: "fiu", bool: "b", str: "U"}[kind]
+    if value.shape != () or value.dtype.kind not in expected:
+        raise ValueError(
+            f"{os.fspath(path)!r}: entry {key!r} must be a single {kind.__name__}; found "
+            f"{value.dtype} of shape {value.shape}"
+        )
+    return kind(value)
+
+
+def _array(
+    data: Mapping, key: str, path, kinds: str, ndim: int, finite: bool = True
+) -> np.ndarray:
+    """Entry ``key``: an ``ndim``-dimensional array of dtype kind in ``kinds`` (finite)."""
+    value = _require(data, key, path)
+    if value.ndim != ndim or value.dtype.kind not in kinds:
+        what = {"f": "floats", "iu": "integers", "U": "strings", "fiu": "numbers"}[kinds]
+        raise ValueError(
+            f"{os.fspath(path)!r}: entry {key!r} must be a {ndim}-d array of {what}; found "
+            f"{value.dtype} of shape {value.shape}"
+        )
+    if finite:
+        _check_finite(value, key, path)
+    return value
+
+
+def _check_finite(value: np.ndarray, key: str, path) -> None:
+    if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+        raise ValueError(f"{os.fspath(path)!r}: entry {key!r} holds NaN or infinite values")
+
+
+def _check_support(value, support, key: str, path) -> None:
+    """Raise unless ``value`` is finite and lies in the NumPyro constraint ``support``."""
+    _check_finite(np.asarray(value), key, path)
+    if not bool(np.all(support.check(jnp.asarray(value)))):
+        raise ValueError(
+            f"{os.fspath(path)!r}: entry {key!r} has values outside the model's support "
+            f"{support}"
+        )
 
 
 # -- scenes -----------------------------------------------------------------------------
@@ -170,37 +309,49 @@ def _frame_arrays(frame: Frame) -> dict[str, np.ndarray]:
     return out
 
 
-def _frame_from(data: Mapping, path) -> Frame:
+def _wcs_from(data: Mapping, header: str, shape: tuple[int, int, int], path):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    shape = tuple(int(s) for s in _require(data, "frame_shape", path))
-    channels = [str(c) for c in _require(data, "frame_channels", path)]
-    header = str(_require(data, "frame_wcs", path))
-    wcs = None
-    if header:
+    crpix = _array(data, "frame_wcs_crpix", path, "f", 1)
+    crval = _array(data, "frame_wcs_crval", path, "f", 1)
+    pc = _array(data, "frame_wcs_pc", path, "f", 2)
+    cdelt = _array(data, "frame_wcs_cdelt", path, "f", 1)
+    lonpole, latpole = _array(data, "frame_wcs_poles", path, "f", 1)
+    try:
         wcs = WCS(fits.Header.fromstring(header))
         # the header keeps ~14 significant digits: restore the linear part exactly
-        wcs.wcs.crpix = _require(data, "frame_wcs_crpix", path)
-        wcs.wcs.crval = _require(data, "frame_wcs_crval", path)
+        wcs.wcs.crpix = crpix
+        wcs.wcs.crval = crval
         if wcs.wcs.has_cd():
-            wcs.wcs.cd = (
-                _require(data, "frame_wcs_pc", path)
-                * _require(data, "frame_wcs_cdelt", path)[:, None]
-            )
+            wcs.wcs.cd = pc * cdelt[:, None]
         else:
-            wcs.wcs.pc = _require(data, "frame_wcs_pc", path)
-            wcs.wcs.cdelt = _require(data, "frame_wcs_cdelt", path)
-        lonpole, latpole = _require(data, "frame_wcs_poles", path)
+            wcs.wcs.pc = pc
+            wcs.wcs.cdelt = cdelt
         wcs.wcs.lonpole, wcs.wcs.latpole = float(lonpole), float(latpole)
         wcs.wcs.set()
-        wcs.pixel_shape = (shape[2], shape[1])
-    frame = Frame(shape, wcs=wcs, channels=channels)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"{os.fspath(path)!r}: the entries frame_wcs* do not make a valid WCS "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    wcs.pixel_shape = (shape[2], shape[1])
+    return wcs
+
+
+def _frame_from(data: Mapping, path) -> Frame:
+    shape = tuple(int(s) for s in _array(data, "frame_shape", path, "iu", 1))
+    channels = [str(c) for c in _array(data, "frame_channels", path, "U", 1)]
+    header = _scalar(data, "frame_wcs", path, str)
+    wcs = _wcs_from(data, header, shape, path) if header else None
+    try:
+        frame = Frame(shape, wcs=wcs, channels=channels)
+    except ValueError as err:
+        raise ValueError(f"{os.fspath(path)!r}: the frame entries are not valid: {err}") from None
     if "frame_psf" in data:
+        psf = _array(data, "frame_psf", path, "f", 3)
         # set as stored: Frame's check (normalisation, centring) already ran when saved
-        frame = eqx.tree_at(
-            lambda f: f.psf, frame, jnp.asarray(data["frame_psf"]), is_leaf=lambda x: x is None
-        )
+        frame = eqx.tree_at(lambda f: f.psf, frame, jnp.asarray(psf), is_leaf=lambda x: x is None)
     return frame
 
 
@@ -219,17 +370,25 @@ def _source_arrays(i: int, source: AbstractSource) -> dict[str, np.ndarray]:
 
 def _source_from(i: int, data: Mapping, path) -> AbstractSource:
     p = f"source_{i}_"
-    kind = str(_require(data, p + "kind", path))
+    kind = _scalar(data, p + "kind", path, str)
     if kind not in _KINDS:
         raise ValueError(f"{os.fspath(path)!r}: source {i} has unknown kind {kind!r}")
     values = {key[len(p) :]: data[key] for key in data if key.startswith(p)}
     try:
-        return _KINDS[kind].from_persisted(values)
+        source = _KINDS[kind].from_persisted(values)
     except KeyError as missing:
         raise ValueError(
             f"{os.fspath(path)!r} lacks the entry {p + missing.args[0]!r}: the file is "
             "incomplete"
         ) from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{os.fspath(path)!r}: source {i} (entries {p}*) is not a valid {kind}: {err}"
+        ) from None
+    parameters = source.parameters()
+    for name, prior in source.default_priors().items():
+        _check_support(parameters[name], prior.support, p + name, path)
+    return source
 
 
 def save_scene(path, scene: Scene) -> None:
@@ -283,14 +442,28 @@ def load_scene(path) -> Scene:
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ValueError
-        If the file is not a scene file of a readable version, or is incomplete.
+        If the file is not a valid scene file (see "Writing and reading safely" in the
+        module docstring): not a complete archive, another format or version, an
+        incomplete file, or values outside the model's constraints.
     """
     data = _read_npz(path, SCENE_FORMAT)
+    for key, value in data.items():
+        _check_finite(value, key, path)
     frame = _frame_from(data, path)
-    n = int(_require(data, "n_sources", path))
-    groups = [int(g) for g in data["groups"]] if "groups" in data else None
-    return Scene(frame, [_source_from(i, data, path) for i in range(n)], groups)
+    n = _scalar(data, "n_sources", path, int)
+    if n < 0:
+        raise ValueError(f"{os.fspath(path)!r}: entry 'n_sources' is negative ({n})")
+    groups = None
+    if "groups" in data:
+        groups = [int(g) for g in _array(data, "groups", path, "iu", 1)]
+    sources = [_source_from(i, data, path) for i in range(n)]
+    try:
+        return Scene(frame, sources, groups)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{os.fspath(path)!r} does not make a valid scene: {err}") from None
 
 
 # -- MAP fits ---------------------------------------------------------------------------
@@ -349,38 +522,47 @@ def load_fit(path, model: SceneModel) -> MAPResult:
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ValueError
-        If the file is not a fit file, or its parameters do not match the model's
-        latent sites (names or shapes).
+        If the file is not a valid fit file (as for :func:`load_scene`), or its
+        parameters do not match the model's latent sites (names, shapes, supports).
     """
     if not isinstance(model, SceneModel):
         raise TypeError(f"load_fit needs the SceneModel, got {type(model).__name__}")
     data = _read_npz(path, FIT_FORMAT)
-    names = [str(n) for n in _require(data, "param_names", path)]
-    expected = model.init_values()
-    if set(names) != set(expected):
+    names = [str(n) for n in _array(data, "param_names", path, "U", 1)]
+    sites = {site.name: site for site in model.site_table()}
+    if sorted(names) != sorted(sites):
         raise ValueError(
             f"the fit in {os.fspath(path)!r} has sites {sorted(names)}, the model has "
-            f"{sorted(expected)}: it was made for another model"
+            f"{sorted(sites)}: it was made for another model"
         )
     params = {}
     for name in names:
-        value = _require(data, f"param_{name}", path)
-        if value.shape != tuple(np.shape(expected[name])):
+        key = f"param_{name}"
+        value = _require(data, key, path)
+        if value.shape != tuple(np.shape(sites[name].init)):
             raise ValueError(
                 f"site {name!r} has shape {value.shape} in {os.fspath(path)!r} but "
-                f"{tuple(np.shape(expected[name]))} in the model"
+                f"{tuple(np.shape(sites[name].init))} in the model"
             )
+        if value.dtype.kind != "f":
+            raise ValueError(
+                f"{os.fspath(path)!r}: entry {key!r} must hold floats; found {value.dtype}"
+            )
+        _check_support(value, sites[name].prior.support, key, path)
         params[name] = jnp.asarray(value)
+    losses = _array(data, "losses", path, "fiu", 1, finite=False)  # a step may diverge
     return MAPResult(
         model=model,
         params=params,
-        losses=np.asarray(_require(data, "losses", path)),
-        best_iteration=int(_require(data, "best_iteration", path)),
-        converged=bool(_require(data, "converged", path)),
-        decrement=float(data.get("decrement", np.nan)),
-        iterations=int(data.get("iterations", len(data["losses"]))),
-        method=str(data.get("method", "adam")),
+        losses=np.asarray(losses),
+        best_iteration=_scalar(data, "best_iteration", path, int),
+        converged=_scalar(data, "converged", path, bool),
+        decrement=_scalar(data, "decrement", path, float) if "decrement" in data else np.nan,
+        iterations=_scalar(data, "iterations", path, int) if "iterations" in data else len(losses),
+        method=_scalar(data, "method", path, str) if "method" in data else "adam",
     )
 
 
@@ -396,7 +578,8 @@ def save_posterior(path, posterior, log_likelihood: str = "auto") -> None:
         File to write (conventionally ``*.nc``).
     posterior : PosteriorResult or arviz.InferenceData
         Result of :func:`~mobs_ppl.sample` (converted with its ``to_arviz``), or ArviZ
-        data (``InferenceData``, or ``xarray.DataTree`` with ArviZ 1.x).
+        data (``InferenceData``, or ``xarray.DataTree`` with ArviZ 1.x). Written to a
+        temporary file beside ``path`` that then replaces it.
     log_likelihood : {"auto", "pointwise", "total", "none"}
         Passed to :meth:`~mobs_ppl.PosteriorResult.to_arviz` for a ``PosteriorResult``.
     """
@@ -408,7 +591,8 @@ def save_posterior(path, posterior, log_likelihood: str = "auto") -> None:
             "save_posterior needs a PosteriorResult or ArviZ data with to_netcdf; got "
             f"{type(posterior).__name__}"
         )
-    idata.to_netcdf(os.fspath(path))
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(os.fspath(tmp))
 
 
 def load_posterior(path):
@@ -424,14 +608,49 @@ def load_posterior(path):
     arviz.InferenceData
         (``xarray.DataTree`` with ArviZ 1.x). With ArviZ 0.x the data are read into
         memory and the file is closed.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file is not netCDF, ArviZ cannot read it (e.g. truncated), or it has no
+        ``posterior`` group of finite draws.
     """
     import arviz as az
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no posterior file at {path!r}")
-    if "data.load" in az.rcParams:
-        # read everything and close the file (ArviZ 0.x opens lazily by default)
-        with az.rc_context({"data.load": "eager"}):
-            return az.from_netcdf(path)
-    return az.from_netcdf(path)  # pragma: no cover - ArviZ 1.x
+    bad = f"{path!r} is not a valid mobs_ppl posterior file"
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if not magic.startswith(_NETCDF_MAGIC):
+        raise ValueError(f"{bad}: it is not a netCDF file (it starts with {magic[:4]!r})")
+    try:
+        if "data.load" in az.rcParams:
+            # read everything and close the file (ArviZ 0.x opens lazily by default)
+            with az.rc_context({"data.load": "eager"}):
+                idata = az.from_netcdf(path)
+        else:  # pragma: no cover - ArviZ 1.x
+            idata = az.from_netcdf(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(
+            f"{bad}: ArviZ cannot read it ({type(err).__name__}: {err}); it may be truncated"
+        ) from None
+    _check_posterior(idata, bad)
+    return idata
+
+
+#: First bytes of a netCDF-4 (HDF5) and of a classic netCDF file.
+_NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+
+def _check_posterior(idata, bad: str) -> None:
+    """Raise unless ``idata`` has a ``posterior`` group whose numbers are all finite."""
+    if "posterior" not in idata.groups() or not list(idata["posterior"].data_vars):
+        raise ValueError(f"{bad}: it has no posterior group with draws")
+    for name, variable in idata["posterior"].data_vars.items():
+        values = np.asarray(variable.values)
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise ValueError(f"{bad}: the posterior variable {name!r} holds NaN or infinite values")

@@ -11,7 +11,6 @@ morphologies), ArviZ summary, plots and files.
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import astropy.units as u
@@ -31,6 +30,7 @@ def joint_fit(
     num_chains: int = 2,
     seed: int = 0,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Fit a scene jointly to a sharp reference observation and a coarse shifted one.
 
@@ -40,7 +40,11 @@ def joint_fit(
         The astrometric reference (e.g. HST) and the observation whose shift is fitted
         (e.g. HSC).
     out_dir : path-like, optional
-        Where to write ``scene.npz``, ``fit.npz``, ``posterior.nc`` and PNG plots.
+        The results folder: ``scene.npz``, ``fit.npz``, ``posterior.nc``, PNG plots and
+        the ``run.json`` marker (package version, time, run id). It is written as a
+        whole (:func:`mobs_ppl.atomic.staged_folder`): into a temporary sibling that
+        replaces ``out_dir`` at the end, so an interrupted run leaves the old folder as
+        it was. An existing ``out_dir`` must be empty or an earlier results folder.
     shift_scale : Quantity
         Prior standard deviation of the shift.
     max_iter : int, optional
@@ -51,6 +55,8 @@ def joint_fit(
         Seed of SVI and NUTS.
     log : callable
         Receives progress lines.
+    overwrite : bool
+        Allow replacing an ``out_dir`` with other content (which is deleted).
 
     Returns
     -------
@@ -59,14 +65,21 @@ def joint_fit(
         marginal sd (Laplace, all sites free), chi2 per dof per band in the native
         images, timings, and (with sampling) NUTS means and sds of the shift with R-hat
         and ESS -- conditional on the MAP morphologies, and labelled so.
+
+    Raises
+    ------
+    FileExistsError
+        Before any work, if ``out_dir`` holds other content and ``overwrite`` is false.
     """
-    from . import init, measure, plot
+    from . import atomic, init, measure, plot
     from .correlated import CorrelatedObservation
     from .frame import Frame
     from .inference import fit_map, sample
     from .laplace_approximation import laplace
     from .model import SceneModel
 
+    if out_dir is not None:
+        atomic.check_replaceable(out_dir, overwrite)  # refuse before minutes of work
     timings = {}
     start = time.perf_counter()
     frame = Frame.from_observations([sharp, coarse], coverage="union")
@@ -162,23 +175,25 @@ def joint_fit(
         summary["divergences"] = int(np.asarray(idata.sample_stats["diverging"]).sum())
     summary["timings"] = timings
     if out_dir is not None:
-        _write(pathlib.Path(out_dir), fit, idata, coarse, coarse_c, sharp_c, native, plot, log)
+        with atomic.staged_folder(out_dir, overwrite) as staged:
+            _write(staged.path, fit, idata, coarse, coarse_c, sharp_c, native, plot)
+        log(f"wrote results to {staged.target}")
     return summary
 
 
-def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot, log):
+def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot):
     # the backend is the caller's choice (the CLI picks Agg); figures are closed here
     import matplotlib.pyplot as plt
 
     from . import persistence
+    from .atomic import save_figure
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     persistence.save_scene(out_dir / "scene.npz", fit.scene)
     persistence.save_fit(out_dir / "fit.npz", fit)
     if idata is not None:
         persistence.save_posterior(out_dir / "posterior.nc", idata)
         fig = plot.corner(idata, var_names=["shift_native"])
-        fig.savefig(out_dir / "corner_shift.png", dpi=80)
+        save_figure(fig, out_dir / "corner_shift.png", dpi=80)
         plt.close(fig)
     for name, obs, shift in (
         ("sharp", sharp_c, None),
@@ -194,6 +209,5 @@ def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot, log):
             add_labels=True,
             add_boxes=True,
         )
-        fig.savefig(out_dir / f"scene_{name}.png", dpi=80)
+        save_figure(fig, out_dir / f"scene_{name}.png", dpi=80)
         plt.close(fig)
-    log(f"wrote results to {out_dir}")
