@@ -9,6 +9,7 @@ the model frame on which scenes are described is built from several observations
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 import astropy.units as u
@@ -21,7 +22,21 @@ from astropy.wcs import WCS
 from . import fourier, sky
 from .psf import check_psf, gaussian_psf
 
-__all__ = ["Frame", "relative_jacobian", "MIN_MODEL_PSF_SIGMA"]
+__all__ = [
+    "Frame",
+    "relative_jacobian",
+    "overlap_fraction",
+    "centre_separation",
+    "MIN_MODEL_PSF_SIGMA",
+    "MAX_FRAME_PIXELS",
+]
+
+#: Largest model frame (pixels per channel) that :meth:`Frame.from_observations` builds
+#: unless asked for more: 10^4 x 10^4 pixels, a 5' field at HST's 0.03"/px, larger
+#: than any scene a pixel-level joint fit models. One float64 channel of it is 0.8 GB,
+#: the renderer's zero-padded complex spectrum as much again, and a gradient keeps
+#: several such arrays per channel: a few bands fill the memory of one accelerator.
+MAX_FRAME_PIXELS = 100_000_000
 
 
 #: Smallest width (model pixels) of the Gaussian model PSF. Its Fourier amplitude at
@@ -63,6 +78,72 @@ def _model_psf_sigma(frames, base_wcs) -> float:
         else:
             break
     return best
+
+
+def overlap_fraction(frame_a: Frame, frame_b: Frame) -> float:
+    """Fraction of ``frame_a``'s sky footprint that lies inside ``frame_b``'s.
+
+    The outline of ``frame_a`` (its outer pixel edges, traced through the WCS) is mapped
+    into ``frame_b``'s pixels and clipped to its grid; the ratio of the areas is returned.
+    Zero means the two share no sky: an observation's astrometric shift is then not
+    constrained by the others (nothing is seen by both).
+
+    Parameters
+    ----------
+    frame_a, frame_b : Frame
+        Frames (or anything with a ``frame``, e.g. observations) with a celestial WCS.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``.
+    """
+    frame_a, frame_b = getattr(frame_a, "frame", frame_a), getattr(frame_b, "frame", frame_b)
+    ring_y, ring_x = sky.pixel_ring(*frame_a.shape[1:])
+    y, x = sky.pixel_to_pixel(frame_a._require_wcs(), frame_b._require_wcs(), ring_y, ring_x)
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x))):
+        return 0.0  # part of it does not project onto frame_b's plane: far apart
+    total = sky.polygon_area(y, x)
+    if total == 0:
+        return 0.0
+    inside = sky.clip_to_grid(y, x, *frame_b.shape[1:])
+    return float(min(sky.polygon_area(*inside) / total, 1.0))
+
+
+def centre_separation(frame_a: Frame, frame_b: Frame) -> u.Quantity:
+    """Angle on the sky between the centres of two frames (arcsec)."""
+    frame_a, frame_b = getattr(frame_a, "frame", frame_a), getattr(frame_b, "frame", frame_b)
+    a = frame_a.pixel_to_sky((frame_a.shape[1] - 1) / 2.0, (frame_a.shape[2] - 1) / 2.0)
+    b = frame_b.pixel_to_sky((frame_b.shape[1] - 1) / 2.0, (frame_b.shape[2] - 1) / 2.0)
+    return a.separation(b).to(u.arcsec)
+
+
+def _unconnected(frames) -> list[int]:
+    """Indices of the frames not joined to the first by a chain of shared sky."""
+    joined, todo = {0}, [0]
+    while todo:
+        i = todo.pop()
+        for j in range(len(frames)):
+            if j not in joined and overlap_fraction(frames[i], frames[j]) > 0:
+                joined.add(j)
+                todo.append(j)
+    return [j for j in range(len(frames)) if j not in joined]
+
+
+def _apart_message(frames, names, lonely: list[int]) -> str:
+    """Which observations share no sky with the others, and how far apart they lie."""
+    others = [i for i in range(len(frames)) if i not in lonely]
+    i = lonely[0]
+    seps = [centre_separation(frames[i], frames[j]) for j in others]
+    k = int(np.argmin([s.value for s in seps]))
+    sep = seps[k]
+    return (
+        f"the observations do not overlap on the sky: {[names[j] for j in lonely]} "
+        "share no sky with "
+        f"{[names[j] for j in others]}: the centre of {names[i]} is "
+        f"{sep.to_value(u.arcsec):.4g} arcsec ({sep.to_value(u.deg):.3g} deg) from that "
+        f"of {names[others[k]]}"
+    )
 
 
 class Frame(eqx.Module):
@@ -183,6 +264,7 @@ class Frame(eqx.Module):
         observations: Sequence,
         coverage: str = "union",
         psf=None,
+        max_pixels: int = MAX_FRAME_PIXELS,
     ) -> Frame:
         """Model frame for a set of observations.
 
@@ -197,15 +279,33 @@ class Frame(eqx.Module):
             Gaussian, the widest (at least 0.7 model pixels) whose Fourier amplitude
             is nowhere below that of any observation's PSF within the band that
             observation sees, so that PSF matching never amplifies noise.
+        max_pixels : int
+            Largest frame (pixels per channel) built; see :data:`MAX_FRAME_PIXELS`.
 
         Returns
         -------
         Frame
             Pixels of the finest observation (its WCS orientation and grid, extended
             to the requested coverage), channels concatenated in input order.
+
+        Raises
+        ------
+        ValueError
+            If the observations do not all share sky (each must overlap another, in a
+            chain) for ``coverage="intersection"``, or if the frame would have more
+            than ``max_pixels`` pixels per channel.
+
+        Warns
+        -----
+        UserWarning
+            For ``coverage="union"`` of observations that do not all share sky: the
+            frame spans the gap between them, and their astrometric shifts are not
+            constrained by each other (the message gives the separation).
         """
         frames = [getattr(o, "frame", o) for o in observations]
         names = [getattr(o, "name", None) or f"#{i}" for i, o in enumerate(observations)]
+        # repeated names (e.g. the default "observation") get their position
+        names = [f"{n} #{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
         if not frames:
             raise ValueError("from_observations needs at least one observation")
         if coverage not in ("union", "intersection"):
@@ -216,6 +316,20 @@ class Frame(eqx.Module):
                     f"observation {name} has no WCS: a model frame for several "
                     "observations needs each one's celestial WCS"
                 )
+        lonely = _unconnected(frames)
+        if lonely and coverage == "intersection":
+            raise ValueError(
+                f"{_apart_message(frames, names, lonely)}, so their intersection is "
+                "empty; give observations of the same field, or check their WCS"
+            )
+        if lonely:
+            warnings.warn(
+                f"{_apart_message(frames, names, lonely)}: the union frame spans the gap "
+                "between them, and no source is seen by both (their shifts are "
+                "unconstrained); model the fields separately, or check their WCS",
+                UserWarning,
+                stacklevel=2,
+            )
         scales = [f.pixel_scale.to_value(u.arcsec) for f in frames]
         finest = frames[int(np.argmin(scales))]
         base = finest.wcs
@@ -236,6 +350,15 @@ class Frame(eqx.Module):
                 f"the observations {names} do not overlap on the sky, so their "
                 "intersection is empty; use coverage='union' or check their WCS"
             )
+        height, width = y1 - y0 + 1, x1 - x0 + 1
+        if height * width > max_pixels:
+            raise ValueError(
+                f"the {coverage} frame of {names} would be {height} x {width} = "
+                f"{height * width:.3g} pixels per channel at {min(scales):.3g} arcsec/px, "
+                f"more than max_pixels={max_pixels:.3g} (a float64 channel of it alone is "
+                f"{8 * height * width / 1e9:.2g} GB); cut the observations to the region "
+                "to model, or pass a larger max_pixels"
+            )
         wcs = sky.sub_grid_wcs(base, y0, x0)
         channels = tuple(c for f in frames for c in f.channels)
         if len(set(channels)) != len(channels):
@@ -245,7 +368,7 @@ class Frame(eqx.Module):
             )
         if psf is None:
             psf = gaussian_psf(_model_psf_sigma(frames, base))
-        return cls((len(channels), y1 - y0 + 1, x1 - x0 + 1), wcs=wcs, channels=channels, psf=psf)
+        return cls((len(channels), height, width), wcs=wcs, channels=channels, psf=psf)
 
 
 def relative_jacobian(frame_a: Frame, frame_b: Frame, method: str = "local") -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._warnings import MobsPplWarning
-from .scene import Scene
+from .scene import Scene, rendered_flux
 
 __all__ = [
     "TemplateShift",
@@ -174,9 +174,23 @@ def forced_photometry(scene: Scene, observation, shift=None, return_covariance: 
     return out
 
 
-def flux(source) -> np.ndarray:
-    """Total flux per channel of a source (before the PSF)."""
-    return np.asarray(source.flux())
+def flux(source, frame=None) -> np.ndarray:
+    """Flux per channel of a source (before the PSF).
+
+    Parameters
+    ----------
+    source : AbstractSource
+        The source.
+    frame : Frame, optional
+        The model frame it is rendered on: the flux is then that of the part of its box
+        inside the frame, what is rendered and fitted (see
+        :func:`mobs_ppl.scene.rendered_flux`), as :meth:`Scene.source_fluxes` reports.
+        Without it, the flux of the whole box (``source.flux()``).
+    """
+    if frame is None:
+        return np.asarray(source.flux())
+    _, height, width = frame.shape
+    return np.asarray(rendered_flux(source, height, width))
 
 
 def centroid(source) -> np.ndarray:

@@ -13,9 +13,17 @@ import warnings
 import numpy as np
 from scipy.special import erf
 
+from . import fourier
 from ._warnings import MobsPplWarning
 
-__all__ = ["check_psf", "gaussian_psf", "psf_sigma", "psf_center"]
+__all__ = [
+    "check_psf",
+    "gaussian_psf",
+    "psf_sigma",
+    "psf_center",
+    "nyquist_amplitude",
+    "psf_light_beyond",
+]
 
 #: Largest tolerated departure of a PSF's sum from one before it is renormalised with a
 #: warning. A flux error of 1e-3 is below what photometric calibration delivers, so
@@ -113,6 +121,69 @@ def psf_sigma(psf: np.ndarray) -> float:
         weight = image * (r2 < (4 * sigma) ** 2)
         sigma = np.sqrt(np.sum(weight * r2) / weight.sum() / 2)
     return float(sigma)
+
+
+def nyquist_amplitude(psf) -> np.ndarray:
+    """Largest Fourier amplitude of a PSF image on the edge of its own pixels' band.
+
+    The forward model treats an observation's images as band-limited at the Nyquist
+    frequency of its pixels (1/2 cycle per pixel). A PSF that keeps amplitude there is
+    undersampled: its image is aliased, and the band-limited rendering of a point at a
+    sub-pixel position rings (see :func:`mobs_ppl.renderer.point_flux_errors`).
+
+    Parameters
+    ----------
+    psf : array_like
+        ``(h, w)`` or ``(channels, h, w)`` PSF image(s), each summing to one.
+
+    Returns
+    -------
+    ndarray
+        Per channel, ``max |P(k)|`` over the frequencies with ``|k_y| = 1/2`` or
+        ``|k_x| = 1/2`` (``P(0)`` is the image's sum, one). A pixel-integrated Gaussian
+        of width ``sigma`` pixels has about ``0.64 exp(-pi^2 sigma^2 / 2)``: 0.29 at
+        ``sigma = 0.4``, 5e-3 at 1, 1e-5 at 1.5.
+    """
+    arr = np.asarray(psf, float)
+    if arr.ndim == 2:
+        arr = arr[None]
+    edge = np.array([0.5])
+    freq = np.linspace(-0.5, 0.5, 65)
+    # a real image's transform is Hermitian: the edges at +1/2 cover those at -1/2
+    return np.array(
+        [
+            max(
+                np.abs(fourier.image_transform(image, edge, freq)).max(),
+                np.abs(fourier.image_transform(image, freq, edge)).max(),
+            )
+            for image in arr
+        ]
+    )
+
+
+def psf_light_beyond(psf, half_width: float) -> np.ndarray:
+    """Fraction of a PSF image's light outside the square of ``half_width`` pixels.
+
+    Parameters
+    ----------
+    psf : array_like
+        ``(h, w)`` or ``(channels, h, w)`` PSF image(s), each summing to one.
+    half_width : float
+        Half the side of the square, pixels, centred on the image's centre; pixels
+        whose centres lie within it count as inside.
+
+    Returns
+    -------
+    ndarray
+        Per channel, ``sum |psf|`` outside the square over ``sum |psf|``.
+    """
+    arr = np.abs(np.asarray(psf, float))
+    if arr.ndim == 2:
+        arr = arr[None]
+    cy, cx = psf_center(arr[0])
+    yy, xx = np.indices(arr.shape[1:], dtype=float)
+    inside = (np.abs(yy - cy) <= half_width) & (np.abs(xx - cx) <= half_width)
+    return 1.0 - np.sum(arr * inside, axis=(1, 2)) / np.sum(arr, axis=(1, 2))
 
 
 def gaussian_psf(sigma: float, size: int | None = None) -> np.ndarray:

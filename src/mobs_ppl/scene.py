@@ -13,7 +13,7 @@ from .fourier import fast_size
 from .frame import Frame
 from .sources import AbstractSource
 
-__all__ = ["Scene", "convolve_frame_psf"]
+__all__ = ["Scene", "convolve_frame_psf", "box_in_frame", "rendered_flux"]
 
 
 def convolve_frame_psf(cube, psf) -> jax.Array:
@@ -41,6 +41,43 @@ def convolve_frame_psf(cube, psf) -> jax.Array:
         transfer = transfer * jnp.exp(-2j * jnp.pi * (ky * dy + kx * dx))
     spectrum = jnp.fft.rfft2(cube, s=shape) * transfer
     return jnp.fft.irfft2(spectrum, s=shape)[:, :height, :width]
+
+
+def box_in_frame(source: AbstractSource, height: int, width: int):
+    """The part of a source's box inside a ``height x width`` frame (static slices).
+
+    Returns
+    -------
+    tuple or None
+        ``((y_start, y_end, x_start, x_end), patch)``: the frame's pixel range and the
+        morphology on it; ``None`` when the box lies wholly outside.
+    """
+    y0, x0 = source.origin
+    h, w = source.box_shape
+    ys, ye = max(y0, 0), min(y0 + h, height)
+    xs, xe = max(x0, 0), min(x0 + w, width)
+    if ye <= ys or xe <= xs:
+        return None
+    image = source.image()
+    return (ys, ye, xs, xe), image[ys - y0 : ye - y0, xs - x0 : xe - x0]
+
+
+def rendered_flux(source: AbstractSource, height: int, width: int) -> jax.Array:
+    """Flux per channel of a source inside a ``height x width`` frame (before the PSF).
+
+    ``source.flux()`` scaled by the fraction of its morphology's sum that falls in the
+    frame: what :meth:`Scene.render` puts there. A box wholly inside gives
+    ``source.flux()`` itself (a parametric profile's unit flux included).
+    """
+    y0, x0 = source.origin
+    h, w = source.box_shape
+    if y0 >= 0 and x0 >= 0 and y0 + h <= height and x0 + w <= width:
+        return source.flux()
+    clip = box_in_frame(source, height, width)
+    if clip is None:
+        return jnp.zeros_like(source.flux())
+    _, patch = clip
+    return source.flux() * (jnp.sum(patch) / jnp.sum(source.image()))
 
 
 def _check_groups(groups, n: int) -> tuple[int, ...]:
@@ -138,26 +175,27 @@ class Scene(eqx.Module):
         dtype = jnp.result_type(float)
         cube = jnp.zeros(self.frame.shape, dtype=dtype)
         for source in self.sources:
-            image = source.image()
-            y0, x0 = source.origin
-            h, w = source.box_shape
-            # clip the box to the frame (static slices)
-            ys, ye = max(y0, 0), min(y0 + h, height)
-            xs, xe = max(x0, 0), min(x0 + w, width)
-            if ye <= ys or xe <= xs:
+            clip = box_in_frame(source, height, width)
+            if clip is None:
                 continue
-            patch = image[ys - y0 : ye - y0, xs - x0 : xe - x0]
+            (ys, ye, xs, xe), patch = clip
             cube = cube.at[:, ys:ye, xs:xe].add(source.spectrum[:, None, None] * patch[None])
         if convolve:
             cube = convolve_frame_psf(cube, self.frame.psf)
         return cube
 
     def source_fluxes(self) -> jax.Array:
-        """``(sources, channels)`` total flux of every source (before the PSF)."""
-        return jnp.stack([s.flux() for s in self.sources])
+        """``(sources, channels)`` flux of every source in the frame (before the PSF).
+
+        The flux that :meth:`render` puts into the frame: a source whose box reaches
+        beyond the frame's edge is cropped there (:func:`rendered_flux`), so its light
+        outside, which no observation is fitted to, is not counted.
+        """
+        _, height, width = self.frame.shape
+        return jnp.stack([rendered_flux(s, height, width) for s in self.sources])
 
     def fluxes(self) -> jax.Array:
-        """``(groups, channels)`` total flux of every galaxy: the sum of its sources."""
+        """``(groups, channels)`` flux of every galaxy in the frame: sum of its sources."""
         per_source = self.source_fluxes()
         if self.groups == tuple(range(len(self.sources))):
             return per_source

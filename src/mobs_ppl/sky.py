@@ -21,6 +21,9 @@ __all__ = [
     "local_jacobian",
     "sub_grid_wcs",
     "pixel_edges",
+    "pixel_ring",
+    "polygon_area",
+    "clip_to_grid",
 ]
 
 
@@ -169,3 +172,66 @@ def pixel_edges(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     right = np.stack([ys, np.full_like(ys, width - 0.5)])
     edge = np.concatenate([top, bottom, left, right], axis=1)
     return edge[0], edge[1]
+
+
+def pixel_ring(height: int, width: int, points_per_side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The outer edge of a ``height x width`` pixel grid as a closed ring, (y, x).
+
+    Unlike :func:`pixel_edges` the points run in order around the grid (corners
+    included, the first not repeated), so that the ring is a polygon; each side is
+    sampled at ``points_per_side`` points so that a distorted grid is traced closely.
+    """
+    ys = np.linspace(-0.5, height - 0.5, points_per_side + 1)
+    xs = np.linspace(-0.5, width - 0.5, points_per_side + 1)
+    top = np.stack([np.full_like(xs, -0.5), xs])[:, :-1]
+    right = np.stack([ys, np.full_like(ys, width - 0.5)])[:, :-1]
+    bottom = np.stack([np.full_like(xs, height - 0.5), xs[::-1]])[:, :-1]
+    left = np.stack([ys[::-1], np.full_like(ys, -0.5)])[:, :-1]
+    ring = np.concatenate([top, right, bottom, left], axis=1)
+    return ring[0], ring[1]
+
+
+def polygon_area(y: np.ndarray, x: np.ndarray) -> float:
+    """Area of a simple polygon (shoelace formula), whatever its orientation."""
+    y, x = np.asarray(y, float), np.asarray(x, float)
+    if y.size < 3:
+        return 0.0
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def clip_to_grid(y, x, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a polygon inside a ``height x width`` pixel grid (Sutherland-Hodgman).
+
+    Parameters
+    ----------
+    y, x : array_like
+        Vertices of a simple polygon, in the grid's pixel coordinates.
+    height, width : int
+        The grid: pixel edges run from ``-0.5`` to ``height - 0.5`` (``width - 0.5``).
+
+    Returns
+    -------
+    y, x : ndarray
+        Vertices of the clipped polygon (empty when the two do not meet).
+    """
+    points = np.stack([np.asarray(y, float), np.asarray(x, float)], axis=1)
+    # each boundary as (axis, limit, keep values above the limit)
+    for axis, limit, above in (
+        (0, -0.5, True),
+        (0, height - 0.5, False),
+        (1, -0.5, True),
+        (1, width - 0.5, False),
+    ):
+        if len(points) == 0:
+            break
+        side = points[:, axis] - limit if above else limit - points[:, axis]
+        kept = []
+        for i in range(len(points)):
+            j = (i + 1) % len(points)
+            if side[i] >= 0:
+                kept.append(points[i])
+            if (side[i] >= 0) != (side[j] >= 0):
+                t = side[i] / (side[i] - side[j])
+                kept.append(points[i] + t * (points[j] - points[i]))
+        points = np.array(kept).reshape(-1, 2)
+    return points[:, 0], points[:, 1]
