@@ -14,7 +14,7 @@ import pytest
 from astropy.wcs import WCS
 
 import mobs_ppl as mp
-from mobs_ppl import cli
+from mobs_ppl import cli, inference
 from mobs_ppl.psf import gaussian_psf
 
 SIZE = 16
@@ -58,7 +58,17 @@ def tiny():
 # -- fit_map ----------------------------------------------------------------------------
 
 
-def test_adam_runs_exactly_max_iter_steps(tiny):
+@pytest.fixture
+def no_decrement(monkeypatch):
+    """fit_map(method="adam") without its closing Newton decrement (~20 s to compile).
+
+    The step counts tested with it do not depend on the decrement (it only decides
+    ``converged``): infinite, the fit reports itself unconverged.
+    """
+    monkeypatch.setattr(inference, "newton_decrement", lambda problem, z, seed=0: np.inf)
+
+
+def test_adam_runs_exactly_max_iter_steps(tiny, no_decrement):
     # 30 is no multiple of check_every=25: it used to run 50 steps
     model, _ = tiny
     with pytest.warns(mp.MobsPplWarning, match="stopped after 30 steps"):
@@ -67,7 +77,7 @@ def test_adam_runs_exactly_max_iter_steps(tiny):
     assert fit.losses.shape == (30,)
 
 
-def test_adam_max_iter_below_check_every_as_a_whole_float(tiny):
+def test_adam_max_iter_below_check_every_as_a_whole_float(tiny, no_decrement):
     # fewer steps than one chunk; a whole number held by a float (as read from a
     # config file) is still a count
     model, _ = tiny
@@ -76,6 +86,7 @@ def test_adam_max_iter_below_check_every_as_a_whole_float(tiny):
     assert fit.losses.shape == (7,)
 
 
+@pytest.mark.slow  # compiles the Newton step (~20 s)
 def test_newton_runs_at_most_max_iter_steps(tiny):
     model, _ = tiny
     with pytest.warns(mp.MobsPplWarning, match="stopped after 2 steps"):
