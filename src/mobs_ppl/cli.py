@@ -13,6 +13,7 @@ import json
 import pathlib
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -26,12 +27,32 @@ def _version() -> str:
     return __version__
 
 
+def _count(minimum: int):
+    """An ``argparse`` type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Joint models of blended galaxies seen by several instruments.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the full traceback (default: one line)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo",
@@ -57,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace --out even if it holds other content (which is deleted)",
+    )
+    # also after the command; SUPPRESS keeps a top-level --debug when it is not repeated
+    demo.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     demo.add_argument(
         "--data-dir",
@@ -87,17 +112,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
     demo.add_argument(
         "--max-iter",
-        type=int,
+        type=_count(1),
         default=None,
         help="largest number of MAP iterations (default: fit_map's, which stops at the mode)",
     )
     demo.add_argument(
         "--samples",
-        type=int,
+        type=_count(0),
         default=0,
         help="NUTS draws per chain after the MAP (default 0: skip; e.g. 200 for a posterior)",
     )
-    demo.add_argument("--warmup", type=int, default=150, help="NUTS warm-up steps (default 150)")
+    demo.add_argument(
+        "--warmup", type=_count(0), default=150, help="NUTS warm-up steps (default 150)"
+    )
     demo.add_argument(
         "--repeat",
         type=int,
@@ -374,6 +401,13 @@ def _run_demo(args, out_dir: pathlib.Path) -> int:
     return 0
 
 
+#: Errors that bad input (arguments, files, data) raise: one line, not a traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mobs-ppl`` command line.
 
@@ -385,17 +419,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 1 when the data cannot be found or downloaded.
-        ``--help``, ``--version`` and usage errors exit through ``SystemExit``.
+        Exit status: 0 on success, 1 on an error from bad input (data that cannot be
+        found or downloaded, an unwritable ``--out``, a bad value; one line
+        ``mobs-ppl: error: ...`` on stderr, the traceback too with ``--debug``), 130
+        when interrupted. ``--help``, ``--version`` and usage errors exit through
+        ``SystemExit``.
     """
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except USER_ERRORS as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    """Run the chosen command."""
     if args.command == "demo":
-        try:
-            return _demo(args)
-        except OSError as err:  # e.g. an unwritable --out
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 1
+        return _demo(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (its type's name if it has none)."""
+    message = " ".join(str(err).split())
+    return message or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

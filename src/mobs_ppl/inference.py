@@ -9,6 +9,7 @@ NumPyro objects (``svi_state``, ``guide``, ``mcmc``) reachable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +22,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_value
 
+from ._checks import check_choice, check_int, check_positive, check_probability
 from ._warnings import MobsPplWarning
 from .laplace_approximation import (
     MAX_DENSE_PARAMETERS,
@@ -154,13 +156,15 @@ def fit_map(
         Seed of the (deterministic) run: the random projections that estimate the
         curvature's diagonal (newton), the SVI key (adam).
     step_sizes : mapping, optional
-        ``method="adam"``: step size per kind of site, overriding
+        ``method="adam"`` only: step size per kind of site (a key of
+        :data:`DEFAULT_STEP_SIZES` or a kind of the model's sites), overriding
         :data:`DEFAULT_STEP_SIZES`.
     init : MAPResult or mapping, optional
         Initial values: a previous fit (continued from its best parameters) or values by
         site name overriding the model's (default: the model's scene, zero shifts).
     check_every : int
-        ``method="adam"``: steps per compiled chunk; ``e_rel`` is checked between chunks.
+        ``method="adam"``: steps per compiled chunk; ``e_rel`` is checked between chunks
+        (the last chunk is shorter where ``max_iter`` is no multiple of it).
     sites : sequence of str, optional
         Sites to optimise, by full name (``"morphology_3"``) or base name (``"spectrum"``
         = every source's); the others are held at their ``init`` values through
@@ -182,19 +186,32 @@ def fit_map(
     MAPResult
         ``params`` holds every site: the optimised ones and the fixed ones.
 
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument (a count that is no whole number or below one, a tolerance
+        that is not positive and finite, unknown sites or kinds, ``step_sizes`` without
+        ``method="adam"``), naming it.
+
     Warns
     -----
     MobsPplWarning
         When the fit stops before the Newton decrement falls below ``tol``.
     """
-    if method not in ("newton", "adam"):
-        raise ValueError(f"method must be 'newton' or 'adam'; got {method!r}")
-    if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) != max_iter):
-        raise TypeError(f"max_iter must be a whole number; got {max_iter!r}")
-    if max_iter is not None and max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1; got {max_iter}")
-    if not float(tol) > 0:
-        raise ValueError(f"tol must be positive; got {tol}")
+    method = check_choice("method", method, ("newton", "adam"))
+    if max_iter is not None:
+        max_iter = check_int("max_iter", max_iter, minimum=1)
+    tol = check_positive("tol", tol)
+    e_rel = check_positive("e_rel", e_rel, allow_zero=True)
+    check_every = check_int("check_every", check_every, minimum=1)
+    seed = check_int("seed", seed)
+    if step_sizes is not None:
+        if method != "adam":
+            raise ValueError(
+                f"step_sizes are Adam's step sizes; method={method!r} takes none: pass "
+                "method='adam' or leave step_sizes out"
+            )
+        _check_step_sizes(model, step_sizes)
     if method == "adam":
         fit = _fit_adam(
             model,
@@ -243,6 +260,20 @@ def fit_map(
     return fit
 
 
+def _check_step_sizes(model: SceneModel, step_sizes) -> None:
+    """Raise for ``step_sizes`` that are no mapping, name no kind of site, or are not positive."""
+    if not isinstance(step_sizes, Mapping):
+        raise TypeError(
+            f"step_sizes must be a mapping {{kind of site: step size}}, e.g. "
+            f"{{'spectrum': 0.05}}; got {step_sizes!r}"
+        )
+    kinds = sorted(set(DEFAULT_STEP_SIZES) | {site.kind for site in model.site_table()})
+    for kind, size in step_sizes.items():
+        if kind not in kinds:
+            raise ValueError(f"step_sizes has an unknown kind of site {kind!r}; kinds: {kinds}")
+        check_positive(f"step_sizes[{kind!r}]", size)
+
+
 def _fit_adam(
     model: SceneModel,
     max_iter: int = 1000,
@@ -287,9 +318,9 @@ def _fit_adam(
         best_params = jax.tree.map(lambda b, c: jnp.where(better, c, b), best_params, current)
         return (state, jnp.minimum(loss, best_loss), best_params), loss
 
-    @jax.jit
-    def run_chunk(state, best_loss, best_params):
-        return jax.lax.scan(step, (state, best_loss, best_params), None, length=check_every)
+    @functools.partial(jax.jit, static_argnames="length")
+    def run_chunk(state, best_loss, best_params, length):
+        return jax.lax.scan(step, (state, best_loss, best_params), None, length=length)
 
     bar = None
     if progress_bar:
@@ -303,24 +334,26 @@ def _fit_adam(
     done = 0
     while done < max_iter:
         previous = svi.get_params(state)
-        (state, best_loss, best), chunk_losses = run_chunk(state, best_loss, best)
+        # the last chunk is shorter where max_iter is no multiple of check_every
+        length = min(check_every, max_iter - done)
+        (state, best_loss, best), chunk_losses = run_chunk(state, best_loss, best, length)
         chunk = np.asarray(chunk_losses)
         losses.append(chunk)
-        done += check_every
+        done += length
         if not np.all(np.isfinite(chunk)):
             raise FloatingPointError(
                 f"the loss became {chunk[~np.isfinite(chunk)][0]} at iteration ~{done}; "
                 "check the initial values and the data (NaN pixels with weight?)"
             )
         if bar is not None:
-            bar.update(check_every)
+            bar.update(length)
             bar.set_postfix(loss=f"{chunk[-1]:.6g}")
         current = svi.get_params(state)
         change = max(
             float(jnp.linalg.norm(current[k] - previous[k]) / (jnp.linalg.norm(current[k]) + 1e-30))
             for k in current
         )
-        if change / check_every < e_rel:
+        if change / length < e_rel:
             converged = True
             break
     if bar is not None:
@@ -411,7 +444,8 @@ def sample(
         the others are held at ``init`` through ``numpyro.handlers.condition``. ``None``
         samples all.
     num_warmup, num_samples, num_chains : int
-        NUTS settings; several chains give R-hat.
+        NUTS settings; several chains give R-hat. ``num_warmup`` may be zero (no
+        adaptation), the others must be at least one.
     seed : int
         Seed of the sampler.
     dense_mass : bool, optional
@@ -438,10 +472,17 @@ def sample(
     progress_bar : bool
         NumPyro's progress bar.
     """
-    if mass_matrix not in ("laplace", "laplace+adapt", "adapt"):
-        raise ValueError(
-            f"mass_matrix must be 'laplace', 'laplace+adapt' or 'adapt', got {mass_matrix!r}"
-        )
+    mass_matrix = check_choice("mass_matrix", mass_matrix, ("laplace", "laplace+adapt", "adapt"))
+    chain_method = check_choice(
+        "chain_method", chain_method, ("vectorized", "sequential", "parallel")
+    )
+    num_warmup = check_int("num_warmup", num_warmup, minimum=0)
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    num_chains = check_int("num_chains", num_chains, minimum=1)
+    seed = check_int("seed", seed)
+    target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
+    if dense_mass is not None and not isinstance(dense_mass, bool | np.bool_):
+        raise TypeError(f"dense_mass must be True, False or None (automatic); got {dense_mass!r}")
     start, fixed = split_sites(model, init, sites)
     if dense_mass is None:
         dense_mass = sum(int(np.size(v)) for v in start.values()) <= MAX_DENSE_PARAMETERS

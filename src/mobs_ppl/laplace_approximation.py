@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_choice, check_int, check_positive
 from ._warnings import MobsPplWarning
 from .curvature import hessian, hessian_diagonal, inverse_metric
 from .model import SceneModel
@@ -338,8 +339,10 @@ def laplace(
         standard deviation (the fit has not converged); if the matrix-free solves stay
         imprecise at the tightest tolerance or ``max_cg_steps``.
     """
-    if method not in ("auto", "dense", "matrix-free"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'matrix-free'; got {method!r}")
+    check_choice("method", method, ("auto", "dense", "matrix-free"))
+    rtol = check_positive("rtol", rtol)
+    max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
+    seed = check_int("seed", seed)
     start, fixed = split_sites(model, init, sites)
     problem = unconstrained_problem(model, start, fixed)
     mean, rows, gradient = (np.asarray(a) for a in _summary_rows(problem, problem.location))

@@ -164,6 +164,36 @@ def _support_ok(prior: dist.Distribution, default: dist.Distribution) -> bool:
     return type(p) is type(d)
 
 
+def _check_prior_shape(name: str, prior: dist.Distribution, default: dist.Distribution) -> None:
+    """Raise ``ValueError`` unless ``prior`` draws values of the site's shape.
+
+    The default prior says how the site is sampled: its event shape is the part of
+    the value that one draw holds, its batch shape that of the plates around the site
+    (the spectrum's components and channels; none for the other sites). A prior must
+    have the same event shape, and a batch shape that broadcasts to the plates'.
+    """
+    event, batch = tuple(prior.event_shape), tuple(prior.batch_shape)
+    value_shape = tuple(default.batch_shape) + tuple(default.event_shape)
+    try:
+        broadcast = np.broadcast_shapes(batch, tuple(default.batch_shape))
+    except ValueError:
+        broadcast = None
+    if event == tuple(default.event_shape) and broadcast == tuple(default.batch_shape):
+        return
+    hint = ""
+    if not default.batch_shape and not event and value_shape:
+        hint = (
+            f" (declare the dimensions as the event's: prior.to_event({len(batch)}))"
+            if batch == value_shape
+            else f" (e.g. prior.expand({value_shape}).to_event({len(value_shape)}))"
+        )
+    raise ValueError(
+        f"prior for {name!r} draws values of shape {batch + event} (batch {batch}, event "
+        f"{event}); the site's values have shape {value_shape} (event shape "
+        f"{tuple(default.event_shape)}){hint}"
+    )
+
+
 class SceneModel(eqx.Module):
     """A scene and its observations as a callable NumPyro model.
 
@@ -206,10 +236,20 @@ class SceneModel(eqx.Module):
             obs = obs.bound_to(frame)
             bound.append(obs)
             names.append(obs.name)
+        if not bound:
+            raise ValueError(
+                "observations is empty: a SceneModel needs at least one Observation or "
+                "CorrelatedObservation"
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"observation names must be unique; got {names}")
         model_scale = frame.pixel_scale.to_value(u.arcsec) if frame.wcs is not None else None
 
+        if shifts is not None and not isinstance(shifts, Mapping):
+            raise TypeError(
+                "shifts must be a mapping {observation name: prior scale}, e.g. "
+                f"{{{names[-1]!r}: 0.1 * u.arcsec}}; got {shifts!r}"
+            )
         shifts = dict(shifts or {})
         unknown = [n for n in shifts if n not in names]
         if unknown:
@@ -235,8 +275,10 @@ class SceneModel(eqx.Module):
                     f"shift scale for {name!r} must be an astropy angle (e.g. 0.1 * u.arcsec) "
                     f"or pixels (u.pix); got {scale!r}"
                 )
-            if not scales[-1] > 0:
-                raise ValueError(f"shift scale for {name!r} must be positive")
+            if not (np.isfinite(scales[-1]) and scales[-1] > 0):
+                raise ValueError(
+                    f"shift scale for {name!r} must be positive and finite; got {scale!r}"
+                )
         self.shift_names = tuple(n for n in names if n in shifts)
         self.shift_scales = tuple(float(s) for s in scales)
 
@@ -245,7 +287,7 @@ class SceneModel(eqx.Module):
         self.to_native = {obs.name: obs.native_from_model for obs in self.observations}
         self.pixel_scale_arcsec = float(model_scale) if model_scale is not None else 1.0
         self.priors = {}
-        self.priors = self._check_priors(dict(priors or {}))
+        self.priors = dict(self._check_priors(priors or {}))
 
     # -- the NumPyro program ------------------------------------------------------------
     def __call__(
@@ -338,12 +380,18 @@ class SceneModel(eqx.Module):
         return tuple(site.name for site in self.site_table())
 
     def _check_priors(self, priors):
+        if not isinstance(priors, Mapping):
+            raise TypeError(
+                "priors must be a mapping {site name: numpyro distribution}; got "
+                f"{type(priors).__name__}"
+            )
         defaults = self.default_priors()
         for name, prior in priors.items():
             if name not in defaults:
                 raise ValueError(f"prior for unknown site {name!r}; sites are {sorted(defaults)}")
             if not isinstance(prior, dist.Distribution):
                 raise TypeError(f"prior for {name!r} must be a numpyro distribution")
+            _check_prior_shape(name, prior, defaults[name])
             if not _support_ok(prior, defaults[name]):
                 raise ValueError(
                     f"prior for {name!r} has support {prior.support}, but the site needs "

@@ -53,6 +53,7 @@ import numpyro.handlers as handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
+from ._checks import check_int, check_positive
 from .krylov import apply_balancing, coarse_factor
 
 __all__ = ["PosteriorProblem", "NewtonResult", "levenberg_marquardt", "DEFAULT_TOL"]
@@ -708,10 +709,11 @@ def levenberg_marquardt(
     -------
     NewtonResult
     """
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be at least 1; got {max_iter}")
-    if not float(tol) > 0:
-        raise ValueError(f"tol must be positive; got {tol}")
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    tol = check_positive("tol", tol)
+    seed = check_int("seed", seed)
+    n_projections = check_int("n_projections", n_projections, minimum=1)
+    cg_max_steps = check_int("cg_max_steps", cg_max_steps, minimum=1)
 
     def objective(z):
         return _objective(problem, z)

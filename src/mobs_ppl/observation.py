@@ -57,7 +57,47 @@ def _as_cube(array, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must be (height, width) or (channels, height, width); got {arr.shape}"
         )
+    if 0 in arr.shape:
+        raise ValueError(
+            f"{name} is empty: shape (channels, height, width) = {arr.shape}; an image "
+            "needs at least one channel and one pixel in height and width"
+        )
     return arr
+
+
+def _unmasked(array, fill: float):
+    """``array`` with a ``numpy.ma`` mask's pixels set to ``fill`` (else ``array`` itself).
+
+    ``np.asarray`` would drop the mask and keep the masked values (often 1e30 or NaN):
+    data fill with NaN (which then get zero weight, see :class:`Observation`), weights
+    with zero.
+    """
+    if not np.ma.isMaskedArray(array):
+        return array
+    return np.ma.filled(np.ma.asarray(array, dtype=float), fill)
+
+
+def _weight_cube(weights, shape: tuple[int, int, int]) -> np.ndarray:
+    """Weights of the data's ``shape``: from one number, one per channel, or an image."""
+    w = np.asarray(weights, float)
+    n_channels = shape[0]
+    if w.ndim == 0:
+        return np.full(shape, float(w))
+    if w.ndim == 1:
+        if w.shape[0] != n_channels:
+            raise ValueError(
+                f"weights has {w.shape[0]} values per channel; the data has {n_channels}"
+            )
+        return np.broadcast_to(w[:, None, None], shape).copy()
+    w = _as_cube(w, "weights")
+    if w.shape[0] == 1 and n_channels > 1:
+        w = np.broadcast_to(w, shape).copy()
+    if w.shape != shape:
+        raise ValueError(
+            f"weights shape {w.shape} does not match data shape {shape}: give one number, "
+            "one per channel, or an image of the data's (height, width) or shape"
+        )
+    return w
 
 
 class FramedData:
@@ -141,11 +181,14 @@ class Observation(FramedData, eqx.Module):
     Parameters
     ----------
     data : array_like
-        ``(channels, height, width)`` or ``(height, width)`` image, any units.
+        ``(channels, height, width)`` or ``(height, width)`` image, any units. The
+        masked pixels of a ``numpy.ma`` array get zero weight (their values are not
+        used).
     weights : array_like or float, optional
         Inverse variances in 1 / data units squared: an array of the data's shape, one
-        number per channel, or one number. Zero marks a pixel as unused. By default
-        estimated per channel from the background (see :func:`estimate_weights`).
+        number per channel, or one number. Zero marks a pixel as unused, as does the
+        mask of a ``numpy.ma`` array. By default estimated per channel from the
+        background (see :func:`estimate_weights`).
     psf : array_like, optional
         PSF image per channel ``(channels, h, w)`` or one for all ``(h, w)``, in this
         observation's pixels, summing to one, centred on the array centre.
@@ -177,25 +220,14 @@ class Observation(FramedData, eqx.Module):
         *,
         renderer: Renderer | None = None,
     ):
-        cube = _as_cube(data, "data").astype(float)
+        cube = _as_cube(_unmasked(data, np.nan), "data").astype(float)
         n_channels = cube.shape[0]
+        data_mask = None
+        if np.ma.isMaskedArray(data):
+            data_mask = _as_cube(np.ma.getmaskarray(data), "data")
         if weights is None:
             weights = estimate_weights(cube)
-        w = np.asarray(weights, float)
-        if w.ndim == 0:
-            w = np.full(cube.shape, float(w))
-        elif w.ndim == 1:
-            if w.shape[0] != n_channels:
-                raise ValueError(
-                    f"weights has {w.shape[0]} values per channel; the data has {n_channels}"
-                )
-            w = np.broadcast_to(w[:, None, None], cube.shape).copy()
-        else:
-            w = _as_cube(w, "weights")
-            if w.shape[0] == 1 and n_channels > 1:
-                w = np.broadcast_to(w, cube.shape).copy()
-            if w.shape != cube.shape:
-                raise ValueError(f"weights shape {w.shape} does not match data shape {cube.shape}")
+        w = _weight_cube(_unmasked(weights, 0.0), cube.shape)
         if np.any(np.isnan(w)) or np.any(w < 0) or np.any(np.isinf(w)):
             raise ValueError("weights must be finite and non-negative (inverse variances)")
         if mask is not None:
@@ -204,6 +236,8 @@ class Observation(FramedData, eqx.Module):
                 raise ValueError(f"mask shape {m.shape} does not match data shape {cube.shape}")
             w = np.where(m, 0.0, w)
         bad = ~np.isfinite(cube)
+        if data_mask is not None:
+            w = np.where(data_mask, 0.0, w)  # the masked pixels (NaN here) do not count
         if np.any(bad & (w > 0)):
             count = int(np.sum(bad & (w > 0)))
             raise ValueError(

@@ -8,7 +8,7 @@ and the split of the sites into those that are inferred and those held fixed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,19 +77,30 @@ def start_values(model, init=None) -> dict:
     params = getattr(init, "params", None)
     if isinstance(params, Mapping):
         values = dict(params)
-    else:
+    elif init is None or isinstance(init, Mapping):
         values = {**model.init_values(), **dict(init or {})}
+    else:
+        raise TypeError(
+            "init must be a fit (MAPResult), a mapping {site name: value} or None; "
+            f"got {type(init).__name__}"
+        )
     check_init(model, values)
     return values
 
 
 def check_init(model, values: Mapping) -> None:
-    """Raise ``ValueError`` for unknown sites and values outside their constraints."""
-    priors = model.default_priors()
+    """Raise ``ValueError`` for unknown sites, wrong shapes and values outside constraints."""
+    table = {site.name: site for site in model.site_table()}
     for name, value in values.items():
-        if name not in priors:
-            raise ValueError(f"initial value for unknown site {name!r}; sites: {sorted(priors)}")
-        support = priors[name].support
+        if name not in table:
+            raise ValueError(f"initial value for unknown site {name!r}; sites: {sorted(table)}")
+        shape, expected = jnp.shape(value), jnp.shape(table[name].init)
+        if shape != expected:
+            raise ValueError(
+                f"initial value of {name!r} has shape {shape}; the site's values have shape "
+                f"{expected}"
+            )
+        support = table[name].prior.support
         if not bool(jnp.all(support(jnp.asarray(value)))):
             raise ValueError(f"initial value of {name!r} lies outside its constraint {support}")
 
@@ -102,8 +113,19 @@ def select_sites(model, sites: Sequence[str] | str | None) -> list[str]:
         return names
     if isinstance(sites, str):
         sites = [sites]
+    if not isinstance(sites, Collection):
+        raise TypeError(
+            f"sites must be a site name, a sequence of them, or None (every site); got {sites!r}"
+        )
+    if len(sites) == 0:
+        raise ValueError(
+            "sites is empty: name at least one site (or kind, e.g. 'spectrum'), or pass "
+            f"sites=None for every site; sites are {names}"
+        )
     chosen = []
     for s in sites:
+        if not isinstance(s, str):
+            raise TypeError(f"sites must hold site names (str); got {s!r} in {sites!r}")
         matches = [site.name for site in table if s in (site.name, site.kind)]
         if not matches:
             raise ValueError(f"unknown site {s!r}; sites are {names}")
