@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import astropy.units as u
 import equinox as eqx
 import numpy as np
 import pytest
@@ -263,3 +264,22 @@ def test_galaxy_fluxes_of_a_grouped_scene_sum_the_rendered_components():
     scene = mp.Scene(frame, sources, groups=[0, 0])
     total = np.asarray(scene.render(convolve=False)).sum(axis=(1, 2))
     np.testing.assert_allclose(np.asarray(scene.fluxes())[0], total, rtol=1e-10)
+
+
+def test_a_shift_on_an_observation_that_shares_no_sky_is_refused():
+    # two 16 x 16 fields at 0.1"/px whose centres are 2.5" apart in Dec: no shared sky
+    a = _field("A")
+    b = _field("B", crval=(150.0, 2.0 + 2.5 / 3600))
+    assert mp.frame.overlap_fraction(a, b) == 0.0
+    with pytest.warns(UserWarning, match="share no sky"):
+        frame = mp.Frame.from_observations([a, b], coverage="union")
+    source = mp.PointSource((8.0, 8.0), spectrum=[1.0, 1.0], box_size=5)
+    scene = mp.Scene(frame, [source])
+    with pytest.raises(ValueError, match=r"'B' shares no sky with the other observations"):
+        mp.SceneModel(scene, [a, b], shifts={"B": 0.1 * u.arcsec})
+    # the same fields overlapping by half a width: accepted
+    c = _field("C", crval=(150.0, 2.0 + 0.8 / 3600))
+    frame = mp.Frame.from_observations([a, c], coverage="union")
+    scene = mp.Scene(frame, [mp.PointSource((8.0, 8.0), spectrum=[1.0, 1.0], box_size=5)])
+    model = mp.SceneModel(scene, [a, c], shifts={"C": 0.1 * u.arcsec})
+    assert model.shift_names == ("C",)

@@ -222,7 +222,7 @@ class CorrelatedObservation(FramedData, eqx.Module):
         new = eqx.tree_at(
             lambda o: o.renderer,
             self,
-            build_renderer(self.frame, frame),
+            build_renderer(self.frame, frame, name=self.name),
             is_leaf=lambda x: x is None,
         )
         if self.native is not None:

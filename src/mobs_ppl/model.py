@@ -47,6 +47,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .envelope import ENVELOPE_PARAMETERS
+from .frame import overlap_fraction
 from .observation import FramedData
 from .scene import Scene
 from .sites import Site, observed_site_name
@@ -194,6 +195,25 @@ def _check_prior_shape(name: str, prior: dist.Distribution, default: dist.Distri
     )
 
 
+def _require_shared_sky(observations, shift_names) -> None:
+    """Refuse a shift on an observation that shares no sky with any other one.
+
+    Nothing else sees its sources, so its shift is constrained by its prior alone (it
+    trades freely with the positions of its sources). Observations without a WCS are
+    not checked (their grids coincide with the model frame's).
+    """
+    for obs in observations:
+        if obs.name not in shift_names or obs.frame.wcs is None:
+            continue
+        others = [o for o in observations if o is not obs and o.frame.wcs is not None]
+        if others and max(overlap_fraction(obs.frame, o.frame) for o in others) == 0.0:
+            raise ValueError(
+                f"observation {obs.name!r} shares no sky with the other observations "
+                f"{[o.name for o in others]}, so its shift would be constrained by its "
+                "prior alone: drop it from shifts (or fit that observation on its own)"
+            )
+
+
 class SceneModel(eqx.Module):
     """A scene and its observations as a callable NumPyro model.
 
@@ -281,6 +301,7 @@ class SceneModel(eqx.Module):
                 )
         self.shift_names = tuple(n for n in names if n in shifts)
         self.shift_scales = tuple(float(s) for s in scales)
+        _require_shared_sky(bound, self.shift_names)
 
         self.scene = scene
         self.observations = tuple(bound)

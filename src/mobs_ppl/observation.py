@@ -272,7 +272,7 @@ class Observation(FramedData, eqx.Module):
         Observation
             A copy holding the operator; the data are shared, not copied.
         """
-        renderer = build_renderer(self.frame, frame)
+        renderer = build_renderer(self.frame, frame, name=self.name)
         return eqx.tree_at(lambda o: o.renderer, self, renderer, is_leaf=lambda x: x is None)
 
     def render(self, model, shift=None, *, convolved: bool = True) -> jax.Array:
