@@ -213,7 +213,7 @@ numbers = {
     "converged": fit.converged,
     "decrement": fit.decrement,
     "iterations": fit.iterations,
-    "shift_native_px": native[0].tolist(),
+    "shift_native_px": native.tolist(),
     "shift_native_sd_px": approx.sd("shift_native")[0].tolist(),
     "shift_native_sd_px_conditional": conditional.sd("shift_native")[0].tolist(),
     "laplace_decrement": approx.decrement,
