@@ -342,6 +342,14 @@ def test_channel_count_must_match_the_data(simulated):
         field.load_observations(config)
 
 
+def test_weights_of_another_shape_name_the_observation(simulated, tmp_path):
+    fits.PrimaryHDU(np.ones((2, 8, 8))).writeto(tmp_path / "w.fits")
+    text = FIELD.replace('"weights_hsc.fits"', f'"{tmp_path / "w.fits"}"')
+    config = field.load_field(_toml(simulated[0], text, "bad.toml"))
+    with pytest.raises(ValueError, match=r"observation 'HSC' \(.*hsc.fits\): .*weights"):
+        field.load_observations(config)
+
+
 def test_psf_larger_than_needed_is_cropped(simulated):
     config = field.load_field(_toml(simulated[0], FIELD, "field.toml"))
     hst, hsc = field.load_observations(config)

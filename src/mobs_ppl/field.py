@@ -363,15 +363,18 @@ def _observation_from(config: ObservationConfig):
     else:
         weights, _ = _read(config.weights, config.weights_hdu)
     bad = ~np.isfinite(data)
-    return Observation(
-        data,
-        weights=weights,
-        psf=psf,
-        wcs=wcs,
-        channels=channels,
-        name=config.name,
-        mask=bad if bad.any() else None,
-    )
+    try:
+        return Observation(
+            data,
+            weights=weights,
+            psf=psf,
+            wcs=wcs,
+            channels=channels,
+            name=config.name,
+            mask=bad if bad.any() else None,
+        )
+    except ValueError as err:  # e.g. weights of another shape: say which observation
+        raise ValueError(f"observation {config.name!r} ({config.data}): {err}") from err
 
 
 def load_observations(config: FieldConfig) -> list:
