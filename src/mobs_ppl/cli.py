@@ -4,6 +4,9 @@
 field: the forward model alone (load, model frame, match, render, timings), then the
 joint fit of :func:`mobs_ppl.workflow.joint_fit` (detection on HST, forced photometry
 on HSC, MAP with the HSC shift, NUTS on spectra and shift), writing results and plots.
+
+``mobs-ppl fit FIELD.toml --out DIR`` fits the observations a TOML file describes
+(:mod:`mobs_ppl.field`; schema in ``docs/cli.md``).
 """
 
 from __future__ import annotations
@@ -131,7 +134,62 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="renders timed for the steady-state figure (median; default 10)",
     )
+    _add_fit(commands)
     return parser
+
+
+def _add_fit(commands) -> None:
+    fit = commands.add_parser(
+        "fit",
+        help="fit a field described by a TOML file",
+        description=(
+            "Fit the observations listed in FIELD (a TOML file; schema and example in "
+            "docs/cli.md) jointly: model frame, noise models, sources, forced photometry, "
+            "MAP with fitted shifts, marginal Laplace error bars, optionally NUTS. Writes "
+            "OUT/summary.json, OUT/sources.ecsv, the scene and fit, plots per observation "
+            "and, when sampled, OUT/posterior.nc."
+        ),
+    )
+    fit.add_argument("field", type=pathlib.Path, metavar="FIELD", help="the field's TOML file")
+    fit.add_argument(
+        "--out",
+        required=True,
+        type=pathlib.Path,
+        help=(
+            "results folder, written as a whole (replaced at the end of a successful run); "
+            "an existing one must be empty or an earlier results folder (with run.json)"
+        ),
+    )
+    fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds other content (which is deleted)",
+    )
+    fit.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def _fit(args) -> int:
+    """Check the field file, then fit it into ``--out``."""
+    from .field import load_field
+
+    config = load_field(args.field)  # bad input fails here, before JAX is imported
+
+    import jax
+    import matplotlib
+
+    jax.config.update("jax_enable_x64", True)
+    # the command line writes figures to files: a non-interactive backend (the entry
+    # point's choice, not the library's)
+    matplotlib.use("Agg")
+
+    from .field import fit_field
+
+    print(f"{PROG} {_version()} fit {args.field} (jax {jax.__version__}, float64)")
+    fit_field(config, args.out, overwrite=args.overwrite, log=lambda line: print("  " + line))
+    print(f"wrote {args.out / 'summary.json'}")
+    return 0
 
 
 def _block(x):
@@ -442,6 +500,8 @@ def _run(args) -> int:
     """Run the chosen command."""
     if args.command == "demo":
         return _demo(args)
+    if args.command == "fit":
+        return _fit(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 

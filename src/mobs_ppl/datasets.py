@@ -206,26 +206,34 @@ def cosmos_files(
         ) from err
 
 
-def _read(path: pathlib.Path) -> tuple[np.ndarray, fits.Header]:
-    """Primary HDU of a FITS file as a native-endian float64 array, with its header.
+def _read(path: pathlib.Path, hdu: int | None = 0) -> tuple[np.ndarray, fits.Header]:
+    """One HDU of a FITS file as a native-endian float64 array, with its header.
 
-    Raises :class:`DataFileError` naming the file if it is not FITS, has no image or is
-    shorter than its header declares.
+    ``hdu`` is the HDU's index (default: the primary one), or ``None`` for the first
+    HDU that holds an image. Raises :class:`DataFileError` naming the file if it is not
+    FITS, has no such HDU or image, or is shorter than its header declares.
     """
     bad = f"{str(path)!r} is not a readable FITS image"
     try:
         with fits.open(path, memmap=False) as hdul:
-            needed = hdul.fileinfo(0)["datLoc"] + hdul[0].size
+            if hdu is None:
+                hdu = next((i for i, h in enumerate(hdul) if h.data is not None), 0)
+            if not 0 <= hdu < len(hdul):
+                raise DataFileError(
+                    f"{bad}: it has {len(hdul)} HDUs (0 to {len(hdul) - 1}), not HDU {hdu}"
+                )
+            needed = hdul.fileinfo(hdu)["datLoc"] + hdul[hdu].size
             size = os.path.getsize(path)
             if size < needed:
                 raise DataFileError(
                     f"{bad}: the file is truncated ({size} bytes; its header declares "
                     f"{needed}). Replace it with a complete copy"
                 )
-            if hdul[0].data is None:
-                raise DataFileError(f"{bad}: its primary HDU holds no image")
-            data = np.array(hdul[0].data, dtype=np.float64)
-            header = hdul[0].header.copy()
+            if hdul[hdu].data is None:
+                where = "primary HDU" if hdu == 0 else f"HDU {hdu}"
+                raise DataFileError(f"{bad}: its {where} holds no image")
+            data = np.array(hdul[hdu].data, dtype=np.float64)
+            header = hdul[hdu].header.copy()
     except DataFileError:
         raise
     except (OSError, ValueError, TypeError, IndexError) as err:

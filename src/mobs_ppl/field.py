@@ -1,0 +1,813 @@
+"""A field described by a TOML file, and its joint fit: what ``mobs-ppl fit`` runs.
+
+:func:`load_field` reads and checks the file (the schema is documented in
+``docs/cli.md``; ``mobs_ppl/data/field_example.toml`` is an example), with every path
+relative to the file. :func:`load_observations` builds the observations from their FITS
+files and :func:`fit_field` runs the user flow of the tutorial on them -- model frame,
+noise models, sources, forced photometry, MAP with fitted shifts, marginal Laplace
+errors, optionally NUTS -- and writes the results folder (``summary.json``, validated
+by ``mobs_ppl/data/summary.schema.json``; ``sources.ecsv``; the scene and fit;
+``posterior.nc`` when sampled; plots in each observation's native pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from importlib import resources
+
+__all__ = [
+    "FieldConfig",
+    "ObservationConfig",
+    "SampleConfig",
+    "SourcesConfig",
+    "fit_field",
+    "load_field",
+    "load_observations",
+    "summary_schema",
+]
+
+#: Observation names become file names: letters, digits, ``_ . -``.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+_TOP_KEYS = ("frame", "observation", "sources", "fit", "sample")
+_FRAME_KEYS = ("coverage",)
+_OBSERVATION_KEYS = (
+    "name",
+    "data",
+    "hdu",
+    "psf",
+    "psf_hdu",
+    "weights",
+    "weights_hdu",
+    "channels",
+    "resample",
+    "noise",
+    "shift_prior_arcsec",
+)
+_SOURCES_KEYS = ("detect_on", "catalog", "image_type", "n_sigma")
+_FIT_KEYS = ("max_iter", "seed")
+_SAMPLE_KEYS = ("sites", "num_warmup", "num_samples", "num_chains")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservationConfig:
+    """One ``[[observation]]`` table: files (absolute paths) and settings.
+
+    ``weights`` is ``"estimate"`` or the path of a FITS file of inverse variances;
+    ``shift_prior_arcsec`` is ``None`` for an astrometric reference.
+    """
+
+    name: str
+    data: pathlib.Path
+    psf: pathlib.Path
+    channels: tuple[str, ...]
+    weights: pathlib.Path | str = "estimate"
+    hdu: int | None = None
+    psf_hdu: int | None = None
+    weights_hdu: int | None = None
+    resample: bool = False
+    noise: str = "independent"
+    shift_prior_arcsec: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcesConfig:
+    """The ``[sources]`` table: detection on one observation, or a catalogue."""
+
+    detect_on: str | None = None
+    catalog: pathlib.Path | None = None
+    image_type: str = "space"
+    n_sigma: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """The ``[sample]`` table: NUTS after the MAP."""
+
+    sites: tuple[str, ...] = ("spectrum", "shift")
+    num_warmup: int = 300
+    num_samples: int = 300
+    num_chains: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldConfig:
+    """A checked field file (see :func:`load_field`)."""
+
+    path: pathlib.Path
+    observations: tuple[ObservationConfig, ...]
+    sources: SourcesConfig
+    coverage: str = "union"
+    max_iter: int | None = None
+    seed: int = 0
+    sample: SampleConfig | None = None
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Names of the observations without a fitted shift."""
+        return tuple(o.name for o in self.observations if o.shift_prior_arcsec is None)
+
+
+# -- reading and checking -----------------------------------------------------------------
+
+
+class _Table:
+    """A TOML table being checked: ``where`` names it in messages (with the file)."""
+
+    def __init__(self, values, where: str, file: pathlib.Path, allowed, required=()):
+        self.file, self.where = file, where
+        if not isinstance(values, dict):
+            self.fail(f"{where} must be a table; got {type(values).__name__} {values!r}")
+        unknown = [k for k in values if k not in allowed]
+        if unknown:
+            self.fail(f"unknown key {unknown[0]!r} in {where}; valid keys: {', '.join(allowed)}")
+        missing = [k for k in required if k not in values]
+        if missing:
+            self.fail(f"{where} needs the key {missing[0]!r}")
+        self.values = values
+
+    def fail(self, message: str, kind: type[Exception] = ValueError):
+        raise kind(f"{self.file}: {message}")
+
+    def get(self, key: str, kinds, default=None, what: str | None = None):
+        """The value of ``key`` (``default`` if absent), which must be of ``kinds``."""
+        if key not in self.values:
+            return default
+        value = self.values[key]
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, kinds) or (is_bool and bool not in kinds):
+            names = what or " or ".join(k.__name__ for k in kinds)
+            self.fail(
+                f"{key} in {self.where} must be {names}; got {type(value).__name__} {value!r}",
+                TypeError,
+            )
+        return value
+
+    def count(self, key: str, minimum: int, default=None):
+        """A whole number of at least ``minimum``."""
+        value = self.get(key, int, default, what="an integer")
+        if value is not None and value < minimum:
+            self.fail(f"{key} in {self.where} must be at least {minimum}; got {value}")
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        """One of ``options``."""
+        value = self.get(key, str, default, what="a string")
+        if value not in options:
+            self.fail(
+                f"{key} in {self.where} must be one of {', '.join(map(repr, options))}; "
+                f"got {value!r}"
+            )
+        return value
+
+    def strings(self, key: str, default=None) -> tuple[str, ...] | None:
+        """A non-empty list of distinct strings."""
+        value = self.get(key, list, default, what="a list of strings")
+        if value is None:
+            return None
+        if not value or not all(isinstance(v, str) and v for v in value):
+            self.fail(f"{key} in {self.where} must be a non-empty list of strings; got {value!r}")
+        if len(set(value)) != len(value):
+            self.fail(f"{key} in {self.where} has repeated entries: {value!r}")
+        return tuple(value)
+
+    def file_path(self, key: str, default=None) -> pathlib.Path | None:
+        """An existing file, relative to the field file's folder."""
+        value = self.get(key, str, default, what="a file name (string)")
+        if value is None:
+            return None
+        path = (self.file.parent / value).resolve()
+        if not path.is_file():
+            self.fail(f"{key} in {self.where}: no such file {str(path)!r}", FileNotFoundError)
+        return path
+
+
+def load_field(path) -> FieldConfig:
+    """Read and check a field file (TOML; schema in ``docs/cli.md``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The TOML file. Paths inside it are relative to its folder.
+
+    Returns
+    -------
+    FieldConfig
+        The checked settings, with absolute paths of files that exist.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file, or a file it names, does not exist.
+    ValueError
+        On a TOML syntax error, an unknown key (the message lists the valid ones), a
+        missing key, a bad value, or inconsistent settings (``catalog`` together with
+        ``detect_on``, a shift prior on every observation, ...). Messages name the file.
+    TypeError
+        If a value has the wrong type.
+    """
+    file = pathlib.Path(path).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"no such field file {str(file)!r}")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{file}: not valid TOML ({err})") from None
+    top = _Table(raw, "the field file", file, _TOP_KEYS, required=("observation",))
+    entries = top.get("observation", list, what="an array of tables [[observation]]")
+    if not entries:
+        top.fail("at least one [[observation]] is needed")
+    observations = tuple(_observation(e, k, file) for k, e in enumerate(entries, start=1))
+    names = [o.name for o in observations]
+    if len(set(names)) != len(names):
+        top.fail(f"observation names must be unique; got {names}")
+    if all(o.shift_prior_arcsec is not None for o in observations):
+        top.fail(
+            "every [[observation]] has a shift_prior_arcsec: the whole scene could move "
+            "instead; leave it out of at least one, the astrometric reference"
+        )
+    frame = _Table(top.get("frame", dict, {}), "[frame]", file, _FRAME_KEYS)
+    fit = _Table(top.get("fit", dict, {}), "[fit]", file, _FIT_KEYS)
+    sample = None
+    if "sample" in raw:
+        table = _Table(top.get("sample", dict), "[sample]", file, _SAMPLE_KEYS)
+        sample = SampleConfig(
+            sites=table.strings("sites", list(SampleConfig.sites)),
+            num_warmup=table.count("num_warmup", 0, SampleConfig.num_warmup),
+            num_samples=table.count("num_samples", 1, SampleConfig.num_samples),
+            num_chains=table.count("num_chains", 1, SampleConfig.num_chains),
+        )
+    return FieldConfig(
+        path=file,
+        observations=observations,
+        sources=_sources(top.get("sources", dict, {}), file, observations),
+        coverage=frame.choice("coverage", ("union", "intersection"), "union"),
+        max_iter=fit.count("max_iter", 1),
+        seed=fit.get("seed", int, 0, what="an integer"),
+        sample=sample,
+    )
+
+
+def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
+    where = f"[[observation]] #{k}"
+    if isinstance(values, dict) and isinstance(values.get("name"), str):
+        where += f" ({values['name']!r})"
+    table = _Table(values, where, file, _OBSERVATION_KEYS, ("name", "data", "psf"))
+    name = table.get("name", str, what="a string")
+    if not _NAME.match(name):
+        table.fail(
+            f"name in {table.where} must be letters, digits, '_', '.' or '-' (it names "
+            f"files); got {name!r}"
+        )
+    weights = table.get("weights", str, "estimate", what="'estimate' or a file name")
+    shift = table.get("shift_prior_arcsec", (int, float), what="a number (arcsec)")
+    if shift is not None and not 0 < shift < float("inf"):
+        table.fail(f"shift_prior_arcsec in {table.where} must be positive; got {shift!r}")
+    resample = table.get("resample", bool, False, what="true or false")
+    noise = table.choice("noise", ("independent", "measured"), "independent")
+    if resample and "noise" in table.values:
+        table.fail(
+            f"noise in {table.where} cannot be set with resample = true: the resampled "
+            "observation's noise model is the exact one of its native data; drop noise"
+        )
+    return ObservationConfig(
+        name=name,
+        data=table.file_path("data"),
+        psf=table.file_path("psf"),
+        channels=table.strings("channels", ()),
+        weights=weights if weights == "estimate" else table.file_path("weights"),
+        hdu=table.count("hdu", 0),
+        psf_hdu=table.count("psf_hdu", 0),
+        weights_hdu=table.count("weights_hdu", 0),
+        resample=resample,
+        noise=noise,
+        shift_prior_arcsec=None if shift is None else float(shift),
+    )
+
+
+def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
+    table = _Table(values, "[sources]", file, _SOURCES_KEYS)
+    names = [o.name for o in observations]
+    detect_on = table.get("detect_on", str, what="an observation name (string)")
+    if detect_on is not None and "catalog" in table.values:
+        table.fail(
+            "[sources] has both detect_on and catalog: give one (catalog positions take "
+            "their footprints from the first reference observation)"
+        )
+    if detect_on is None and "catalog" not in table.values:
+        detect_on = names[0]
+    if detect_on is not None and detect_on not in names:
+        table.fail(f"detect_on in [sources] names no observation: {detect_on!r}; known: {names}")
+    n_sigma = table.get("n_sigma", (int, float), 5.0, what="a number")
+    if not n_sigma > 0:
+        table.fail(f"n_sigma in [sources] must be positive; got {n_sigma!r}")
+    return SourcesConfig(
+        detect_on=detect_on,
+        catalog=table.file_path("catalog"),
+        image_type=table.choice("image_type", ("space", "ground"), "space"),
+        n_sigma=float(n_sigma),
+    )
+
+
+# -- observations -------------------------------------------------------------------------
+
+
+def _crop_psf(psf, data_shape):
+    """Cut equal margins off a PSF wider than ``2 n - 1`` pixels for an image of ``n``.
+
+    Farther light never links two pixels of the image.
+    """
+    out = psf
+    for axis, side in ((-2, data_shape[-2]), (-1, data_shape[-1])):
+        margin = max(0, (out.shape[axis] - (2 * side - 1)) // 2)
+        if margin:
+            index = [slice(None)] * out.ndim
+            index[axis] = slice(margin, out.shape[axis] - margin)
+            out = out[tuple(index)]
+    return out
+
+
+def _observation_from(config: ObservationConfig):
+    import numpy as np
+    from astropy.wcs import WCS
+
+    from .datasets import _prepare_psf, _read
+    from .observation import Observation, estimate_weights
+
+    data, header = _read(config.data, config.hdu)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise ValueError(f"{config.data}: data must be an image or a cube; got shape {data.shape}")
+    if config.channels and len(config.channels) != data.shape[0]:
+        raise ValueError(
+            f"observation {config.name!r}: channels lists {len(config.channels)} names but "
+            f"{config.data} has {data.shape[0]} channels; give one name per channel"
+        )
+    channels = list(config.channels) or [f"{config.name}_{c}" for c in range(data.shape[0])]
+    wcs = WCS(header).celestial
+    if not wcs.has_celestial:
+        raise ValueError(f"{config.data}: its header has no celestial WCS")
+    psf, _ = _read(config.psf, config.psf_hdu)
+    psf = _prepare_psf(_crop_psf(psf, data.shape), config.name)
+    if config.weights == "estimate":
+        weights = estimate_weights(data)
+    else:
+        weights, _ = _read(config.weights, config.weights_hdu)
+    bad = ~np.isfinite(data)
+    try:
+        return Observation(
+            data,
+            weights=weights,
+            psf=psf,
+            wcs=wcs,
+            channels=channels,
+            name=config.name,
+            mask=bad if bad.any() else None,
+        )
+    except ValueError as err:  # e.g. weights of another shape: say which observation
+        raise ValueError(f"observation {config.name!r} ({config.data}): {err}") from err
+
+
+def load_observations(config: FieldConfig) -> list:
+    """The field's observations, read from their FITS files.
+
+    Data come from the first HDU holding an image (or ``hdu``), the WCS from its header
+    (celestial part). The PSF is cropped to at most ``2 n - 1`` pixels per axis for
+    an image of ``n`` pixels (farther light cannot link two of its pixels), divided by
+    its sum per channel and its peak rolled onto the array centre. Weights are
+    estimated from the background (:func:`mobs_ppl.estimate_weights`) or read as
+    inverse variances; non-finite pixels are masked.
+    """
+    return [_observation_from(o) for o in config.observations]
+
+
+def _catalog(path: pathlib.Path):
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    try:
+        table = Table.read(path, format="ascii.csv")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable CSV catalogue ({err})") from None
+    missing = [c for c in ("ra", "dec") if c not in table.colnames]
+    if missing:
+        raise ValueError(
+            f"{path}: the catalogue needs columns ra and dec (degrees); missing {missing}, "
+            f"found {table.colnames}"
+        )
+    return SkyCoord(table["ra"], table["dec"], unit="deg")
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def summary_schema() -> dict:
+    """The JSON schema of ``summary.json`` (``mobs_ppl/data/summary.schema.json``)."""
+    text = resources.files("mobs_ppl").joinpath("data", "summary.schema.json").read_text()
+    return json.loads(text)
+
+
+def _versions() -> dict[str, str]:
+    import jax
+    import numpyro
+
+    from . import __version__
+
+    return {
+        "mobs_ppl": __version__,
+        "jax": jax.__version__,
+        "numpyro": numpyro.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _finite_or_none(values):
+    """A nested list with NaN / inf as ``None`` (JSON has no NaN)."""
+    import numpy as np
+
+    arr = np.asarray(values, float)
+    if arr.ndim == 0:
+        return float(arr) if np.isfinite(arr) else None
+    return [_finite_or_none(v) for v in arr]
+
+
+def _sky_offset(native_frame, native_shift) -> list[float]:
+    """``(dRA cos dec, dDec)`` in arcsec of a native-pixel shift at the image centre."""
+    import astropy.units as u
+
+    _, h, w = native_frame.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    start = native_frame.pixel_to_sky(cy, cx)
+    end = native_frame.pixel_to_sky(cy + native_shift[0], cx + native_shift[1])
+    d_ra, d_dec = start.spherical_offsets_to(end)
+    return [float(d_ra.to_value(u.arcsec)), float(d_dec.to_value(u.arcsec))]
+
+
+def _scene_sources(config: FieldConfig, observations, frame, log):
+    from . import init
+
+    by_name = {o.name: o for o in observations}
+    if config.sources.catalog is not None:
+        first = by_name[config.references[0]]
+        scene = init.from_observation(
+            first,
+            frame,
+            catalog=_catalog(config.sources.catalog),
+            image_type=config.sources.image_type,
+            n_sigma=config.sources.n_sigma,
+        )
+        origin = first.name
+        log(f"{scene.n_groups} sources from the catalogue, footprints from {origin}")
+    else:
+        origin = config.sources.detect_on
+        scene = init.from_observation(
+            by_name[origin],
+            frame,
+            image_type=config.sources.image_type,
+            n_sigma=config.sources.n_sigma,
+        )
+        log(f"{scene.n_groups} sources detected on {origin}")
+    return scene, origin
+
+
+def _noise_model(config: ObservationConfig, obs, frame):
+    from .correlated import CorrelatedObservation
+
+    if config.resample:
+        return CorrelatedObservation.from_observation(obs, resample_to_frame=frame)
+    if config.noise == "measured":
+        return CorrelatedObservation.from_observation(obs)
+    return obs
+
+
+def _group_rows(scene, frame):
+    """Per galaxy: sky position of its first component and the box of all of them."""
+    import numpy as np
+
+    rows = []
+    for g in range(scene.n_groups):
+        members = [scene.sources[i] for i in scene.members(g)]
+        y, x = np.asarray(members[0].center, float)
+        lo = np.min([s.origin for s in members], axis=0)
+        hi = np.max([np.add(s.origin, s.box_shape) for s in members], axis=0)
+        rows.append({"y": y, "x": x, "sky": frame.pixel_to_sky(y, x), "box": (lo, hi)})
+    return rows
+
+
+def fit_field(
+    config: FieldConfig,
+    out_dir,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Fit a field jointly and write its results folder.
+
+    Parameters
+    ----------
+    config : FieldConfig
+        From :func:`load_field`.
+    out_dir : path-like
+        The results folder, written as a whole (:func:`mobs_ppl.atomic.staged_folder`).
+    overwrite : bool
+        Allow replacing an ``out_dir`` with other content (which is deleted).
+    log : callable
+        Receives progress lines.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``.
+
+    Notes
+    -----
+    The flow of ``tutorials/multi_observation.py``: a model frame over all
+    observations (``[frame] coverage``); noise models (``resample = true``: resampled
+    once onto the frame with the exact correlated noise of the native data;
+    ``noise = "measured"``: correlations measured from the data; otherwise independent
+    pixels); sources detected on one observation or placed at catalogue positions;
+    forced photometry in every other observation; MAP (:func:`mobs_ppl.fit_map`) with a
+    shift for each observation that has ``shift_prior_arcsec``; marginal error bars
+    from :func:`mobs_ppl.laplace` (every site free; only when the MAP is at the mode);
+    optionally NUTS on ``[sample] sites`` (the others held at the MAP, so those widths
+    are conditional on them). The backend of the figures is the caller's choice.
+    """
+    from . import atomic
+
+    atomic.check_replaceable(out_dir, overwrite)  # refuse before minutes of work
+    timing: dict[str, float] = {}
+    state: dict = {}
+    stages = (
+        ("load", _stage_load),
+        ("frame", _stage_frame),
+        ("noise_models", _stage_noise),
+        ("sources", _stage_sources),
+        ("fit_map", _stage_fit),
+        ("laplace", _stage_laplace),
+        ("sample", _stage_sample),
+    )
+    for name, stage in stages:
+        start = time.perf_counter()
+        if stage(config, state, log) is not False:
+            timing[f"{name}_s"] = time.perf_counter() - start
+    with atomic.staged_folder(out_dir, overwrite) as staged:
+        start = time.perf_counter()
+        _write(staged.path, state)
+        timing["write_s"] = time.perf_counter() - start
+        summary = _summary(config, state, timing)
+        atomic.write_text(staged.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log(f"wrote results to {staged.target}")
+    return summary
+
+
+def _stage_load(config, state, log):
+    state["native"] = load_observations(config)
+    for obs in state["native"]:
+        log(f"{obs.name}: {obs.shape} {', '.join(obs.channels)}, PSF {obs.psf.shape}")
+
+
+def _stage_frame(config, state, log):
+    from .frame import Frame
+
+    state["frame"] = Frame.from_observations(state["native"], coverage=config.coverage)
+    log(f"model frame {state['frame'].shape}, channels {', '.join(state['frame'].channels)}")
+
+
+def _stage_noise(config, state, log):
+    state["models"] = [
+        _noise_model(c, o, state["frame"])
+        for c, o in zip(config.observations, state["native"], strict=True)
+    ]
+
+
+def _stage_sources(config, state, log):
+    from . import measure
+
+    scene, origin = _scene_sources(config, state["native"], state["frame"], log)
+    for obs in state["models"]:
+        if obs.name != origin:
+            scene = measure.forced_photometry(scene, obs)
+    state["scene"] = scene
+
+
+def _stage_fit(config, state, log):
+    import astropy.units as u
+
+    from .inference import fit_map
+    from .model import SceneModel
+
+    shifts = {
+        c.name: c.shift_prior_arcsec * u.arcsec
+        for c in config.observations
+        if c.shift_prior_arcsec is not None
+    }
+    state["model"] = SceneModel(state["scene"], state["models"], shifts=shifts)
+    fit = fit_map(state["model"], max_iter=config.max_iter, seed=config.seed)
+    state["fit"] = fit
+    log(
+        f"MAP: {fit.iterations} steps, Newton decrement {fit.decrement:.3g}, "
+        f"converged {fit.converged}"
+    )
+
+
+def _stage_laplace(config, state, log):
+    from .laplace_approximation import laplace
+
+    if not state["fit"].converged:
+        log("no Laplace error bars: the MAP is not at the mode (raise [fit] max_iter)")
+        state["laplace"] = None
+        return False
+    state["laplace"] = laplace(state["model"], state["fit"])
+
+
+def _stage_sample(config, state, log):
+    from .inference import sample
+
+    state["idata"] = None
+    if config.sample is None:
+        return False
+    s = config.sample
+    post = sample(
+        state["model"],
+        init=state["fit"],
+        sites=list(s.sites),
+        num_warmup=s.num_warmup,
+        num_samples=s.num_samples,
+        num_chains=s.num_chains,
+        seed=config.seed,
+    )
+    state["idata"] = post.to_arviz(log_likelihood="none")
+
+
+def _posterior_sd(idata, name: str):
+    import numpy as np
+
+    if idata is None or name not in idata.posterior:
+        return None
+    return np.asarray(idata.posterior[name].std(dim=("chain", "draw")))
+
+
+def _diagnostics(idata) -> dict:
+    import arviz as az
+    import numpy as np
+
+    table = az.summary(idata, kind="diagnostics")
+    r_hat = np.asarray(table["r_hat"], float)
+    ess = np.asarray(table["ess_bulk"], float)
+    return {
+        "max_r_hat": _finite_or_none(np.nanmax(r_hat) if np.isfinite(r_hat).any() else np.nan),
+        "min_ess_bulk": _finite_or_none(np.nanmin(ess) if np.isfinite(ess).any() else np.nan),
+        "divergences": int(np.asarray(idata.sample_stats["diverging"]).sum()),
+    }
+
+
+def _flux_errors(state):
+    """``(groups, channels)`` flux sd and its method, or ``(None, None)``."""
+    nuts = _posterior_sd(state["idata"], "flux")
+    if nuts is not None:
+        return nuts, "nuts"
+    if state["laplace"] is not None:
+        return state["laplace"].sd("flux"), "laplace"
+    return None, None
+
+
+def _summary(config, state, timing) -> dict:
+    import numpy as np
+
+    from . import measure
+
+    fit, frame, approx, idata = state["fit"], state["frame"], state["laplace"], state["idata"]
+    scene = fit.scene
+    model = state["model"]
+    observations, shift = {}, {}
+    nuts_sd = _posterior_sd(idata, "shift_arcsec")
+    for c, obs in zip(config.observations, state["native"], strict=True):
+        native = fit.shift_native(c.name) if c.name in model.shift_names else None
+        observations[c.name] = {
+            "channels": list(obs.channels),
+            "shape": list(obs.shape),
+            "pixel_scale_arcsec": float(obs.frame.pixel_scale.to_value("arcsec")),
+            "role": "reference" if native is None else "shifted",
+            "noise": "resampled" if c.resample else c.noise,
+            "chi2_dof": measure.goodness_of_fit(scene, obs, shift=native),
+        }
+        if native is None:
+            continue
+        k = model.shift_names.index(c.name)
+        laplace_sd = None if approx is None else approx.sd("shift_arcsec")[k]
+        sd, method = (nuts_sd[k], "nuts") if nuts_sd is not None else (laplace_sd, "laplace")
+        shift[c.name] = {
+            "prior_sd_arcsec": c.shift_prior_arcsec,
+            "model_px": fit.shift(c.name).tolist(),
+            "native_px": np.asarray(native).tolist(),
+            "arcsec": fit.shift_arcsec(c.name).tolist(),
+            "sky_arcsec": _sky_offset(obs.frame, native),
+            "sd_arcsec": None if sd is None else _finite_or_none(sd),
+            "sd_method": None if sd is None else method,
+            "sd_arcsec_laplace": None if laplace_sd is None else _finite_or_none(laplace_sd),
+        }
+    flux = np.asarray(scene.fluxes())
+    flux_sd, flux_method = _flux_errors(state)
+    sources = []
+    for g, row in enumerate(_group_rows(scene, frame)):
+        entry = {
+            "id": g,
+            "ra": float(row["sky"].ra.deg),
+            "dec": float(row["sky"].dec.deg),
+            "y_px": float(row["y"]),
+            "x_px": float(row["x"]),
+            "box_px": [int(v) for v in (*row["box"][0], *row["box"][1])],
+            "flux": {ch: float(flux[g, i]) for i, ch in enumerate(frame.channels)},
+        }
+        if flux_sd is not None:
+            entry["flux_sd"] = dict(zip(frame.channels, _finite_or_none(flux_sd[g]), strict=True))
+        sources.append(entry)
+    summary = {
+        "field": str(config.path),
+        "n_sources": scene.n_groups,
+        "n_components": len(scene.sources),
+        "frame": {
+            "shape": list(frame.shape),
+            "channels": list(frame.channels),
+            "pixel_scale_arcsec": float(frame.pixel_scale.to_value("arcsec")),
+        },
+        "observations": observations,
+        "shift": shift,
+        "map": {
+            "converged": bool(fit.converged),
+            "decrement": _finite_or_none(fit.decrement),
+            "iterations": int(fit.iterations),
+        },
+        "flux_sd_method": flux_method,
+        "sources": sources,
+        "timing_s": timing,
+        "versions": _versions(),
+    }
+    if idata is not None:
+        summary["diagnostics"] = _diagnostics(idata)
+    return summary
+
+
+def _sources_table(state):
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+    from astropy.table import QTable
+
+    scene, frame = state["fit"].scene, state["frame"]
+    rows = _group_rows(scene, frame)
+    flux = np.asarray(scene.fluxes())
+    flux_sd, method = _flux_errors(state)
+    table = QTable()
+    table["id"] = np.arange(len(rows))
+    table["sky"] = SkyCoord([r["sky"] for r in rows])
+    table["y"] = [float(r["y"]) for r in rows]
+    table["x"] = [float(r["x"]) for r in rows]
+    for i, ch in enumerate(frame.channels):
+        table[f"flux_{ch}"] = flux[:, i]
+        table[f"flux_err_{ch}"] = flux_sd[:, i] if flux_sd is not None else np.nan
+    for k, key in enumerate(("box_ymin", "box_xmin", "box_ymax", "box_xmax")):
+        table[key] = [int(np.r_[r["box"][0], r["box"][1]][k]) for r in rows]
+    table.meta["comments"] = [
+        "y, x, box_*: model-frame pixels (box_*max exclusive); fluxes in data units",
+        f"flux_err: marginal sd from {method or 'nothing (MAP not at the mode): NaN'}",
+    ]
+    return table
+
+
+def _write(out_dir: pathlib.Path, state) -> None:
+    # the backend is the caller's choice (the CLI picks Agg); figures are closed here
+    import matplotlib.pyplot as plt
+
+    from . import persistence, plot
+    from .atomic import atomic_path, save_figure
+
+    fit, model = state["fit"], state["model"]
+    persistence.save_scene(out_dir / "scene.npz", fit.scene)
+    persistence.save_fit(out_dir / "fit.npz", fit)
+    with atomic_path(out_dir / "sources.ecsv") as tmp:
+        _sources_table(state).write(tmp, format="ascii.ecsv", overwrite=True)
+    if state["idata"] is not None:
+        persistence.save_posterior(out_dir / "posterior.nc", state["idata"])
+    for obs in state["native"]:
+        native = fit.shift_native(obs.name) if obs.name in model.shift_names else None
+        fig = plot.scene(
+            fit.scene,
+            observation=obs,
+            shift=native,
+            norm=plot.AsinhAutomaticNorm(obs),
+            show_rendered=True,
+            show_observed=True,
+            show_residual=True,
+            add_labels=True,
+            add_boxes=True,
+        )
+        save_figure(fig, out_dir / f"scene_{obs.name}.png", dpi=80)
+        plt.close(fig)
