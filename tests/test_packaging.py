@@ -26,7 +26,7 @@ def test_readme_gives_the_two_commands():
 
 #: The layers of docs/architecture.md, lowest first.
 LAYERS = (
-    ("_warnings", "atomic", "robust", "sky", "frame", "fourier", "psf"),
+    ("_warnings", "_checks", "atomic", "robust", "sky", "frame", "fourier", "psf"),
     ("renderer", "resample", "sources", "envelope", "ellipticity", "scene"),
     ("noise", "distributions", "likelihood"),
     ("observation", "correlated", "datasets", "synthetic"),
@@ -41,7 +41,7 @@ LAYERS = (
         "arviz_io",
         "persistence",
     ),
-    ("plot", "workflow", "cli"),
+    ("plot", "workflow", "field", "cli"),
 )
 
 
