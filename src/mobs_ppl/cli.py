@@ -45,6 +45,28 @@ def _count(minimum: int):
     return parse
 
 
+def _add_results_arguments(command) -> None:
+    """``--out``, ``--overwrite`` and ``--debug``, shared by the commands that write results."""
+    command.add_argument(
+        "--out",
+        required=True,
+        type=pathlib.Path,
+        help=(
+            "results folder, written as a whole (replaced at the end of a successful run); "
+            "an existing one must be empty or an earlier results folder (with run.json)"
+        ),
+    )
+    command.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds other content (which is deleted)",
+    )
+    # also after the command; SUPPRESS keeps a top-level --debug when it is not repeated
+    command.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -68,24 +90,7 @@ def _parser() -> argparse.ArgumentParser:
             "OUT/summary.json, the fit and plots."
         ),
     )
-    demo.add_argument(
-        "--out",
-        required=True,
-        type=pathlib.Path,
-        help=(
-            "results folder, written as a whole (replaced at the end of a successful run); "
-            "an existing one must be empty or an earlier results folder (with run.json)"
-        ),
-    )
-    demo.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out even if it holds other content (which is deleted)",
-    )
-    # also after the command; SUPPRESS keeps a top-level --debug when it is not repeated
-    demo.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
+    _add_results_arguments(demo)
     demo.add_argument(
         "--data-dir",
         type=pathlib.Path,
@@ -151,23 +156,7 @@ def _add_fit(commands) -> None:
         ),
     )
     fit.add_argument("field", type=pathlib.Path, metavar="FIELD", help="the field's TOML file")
-    fit.add_argument(
-        "--out",
-        required=True,
-        type=pathlib.Path,
-        help=(
-            "results folder, written as a whole (replaced at the end of a successful run); "
-            "an existing one must be empty or an earlier results folder (with run.json)"
-        ),
-    )
-    fit.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out even if it holds other content (which is deleted)",
-    )
-    fit.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
+    _add_results_arguments(fit)
 
 
 def _fit(args) -> int:
