@@ -340,7 +340,7 @@ def _observation_from(config: ObservationConfig):
     from astropy.wcs import WCS
 
     from .datasets import _prepare_psf, _read
-    from .observation import Observation, estimate_weights
+    from .observation import Observation
 
     data, header = _read(config.data, config.hdu)
     if data.ndim == 2:
@@ -358,10 +358,8 @@ def _observation_from(config: ObservationConfig):
         raise ValueError(f"{config.data}: its header has no celestial WCS")
     psf, _ = _read(config.psf, config.psf_hdu)
     psf = _prepare_psf(_crop_psf(psf, data.shape), config.name)
-    if config.weights == "estimate":
-        weights = estimate_weights(data)
-    else:
-        weights, _ = _read(config.weights, config.weights_hdu)
+    # "estimate": the Observation's own default (estimate_weights from the background)
+    weights = None if config.weights == "estimate" else _read(config.weights, config.weights_hdu)[0]
     bad = ~np.isfinite(data)
     try:
         return Observation(
