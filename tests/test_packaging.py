@@ -1,5 +1,9 @@
 import os
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -67,3 +71,40 @@ def test_modules_import_only_from_their_layer_or_below():
     assert not upward, upward
     documented = (REPO_ROOT / "docs" / "architecture.md").read_text()
     assert all(f"`{name}`" in documented for name in modules - {"_warnings"})
+
+
+HEAVY_MODULES = ("jax", "numpyro", "arviz", "matplotlib", "astropy", "numpy")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["fit", "--help"], ["--version"]])
+def test_help_imports_no_heavy_module(argv):
+    """``--help`` and ``--version`` answer without importing JAX and friends (fast start).
+
+    Checked by what is imported, not by a timing (benchmarks/cli_start.py times it): a
+    fresh interpreter runs the command line and lists the heavy modules it loaded.
+    """
+    script = (
+        "import sys\n"
+        "from mobs_ppl import cli\n"
+        "try:\n"
+        f"    cli.main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+    assert "mobs-ppl" in done.stdout
+
+
+def test_package_names_load_on_first_use():
+    """Every name in ``__all__`` resolves (the lazy face hides no broken import)."""
+    import mobs_ppl
+
+    for name in mobs_ppl.__all__:
+        assert getattr(mobs_ppl, name) is not None, name
+    assert mobs_ppl.Frame is mobs_ppl.frame.Frame
+    with pytest.raises(AttributeError, match="no attribute 'Frmae'"):
+        mobs_ppl.Frmae  # noqa: B018
