@@ -21,49 +21,13 @@ def no_data(monkeypatch, tmp_path):
 
 
 @pytest.mark.data
-def test_demo_runs_and_writes_a_summary(tmp_path, capsys, shared_data_dir):
-    out = tmp_path / "results"
-    code = cli.main(
-        ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "2", "--no-fit"]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
-    summary = json.loads((out / "summary.json").read_text())
-    shape = tuple(summary["frame"]["shape"])
-    assert shape[0] == 6
-    assert str(shape) in printed
-    assert summary["frame"]["channels"] == ["F814W", "g", "r", "i", "z", "y"]
-    assert set(summary["observations"]) == {"HST", "HSC"}
-    assert set(summary["chi2"]) == {"F814W", "g", "r", "i", "z", "y"}
-    for band in summary["chi2"].values():
-        assert band["chi2_per_dof"] > 0
-    for obs in summary["observations"].values():
-        assert obs["match_s"] > 0 and obs["steady_render_s"] > 0
-    assert "chi2 per degree of freedom" in printed
-
-
-@pytest.mark.slow
-@pytest.mark.data
-def test_demo_fit_writes_results(tmp_path, capsys, shared_data_dir):
-    out = tmp_path / "results"
-    args = ["demo", "--out", str(out), "--data-dir", str(shared_data_dir), "--repeat", "1"]
-    # 10 steps: the flow end to end, cut short (the full demo reaches the mode in ~150
-    # steps; docs/inference.md): it must say the fit is unconverged and give no error bar
-    with pytest.warns(mp.MobsPplWarning, match="decrement"):
-        code = cli.main([*args, "--max-iter", "10", "--samples", "0"])
-    assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
-    fit = summary["fit"]
-    assert fit["sources"] >= 5
-    assert set(fit["chi2_per_dof"]) == {"F814W", "g", "r", "i", "z", "y"}
-    assert len(fit["shift_native_px"]) == 2
-    assert not fit["map_converged"] and fit["map_iterations"] == 10
-    assert np.all(np.isnan(fit["shift_native_sd_px"]))
-    for name in ("scene.npz", "fit.npz", "scene_coarse_native.png"):
-        assert (out / name).is_file(), name
-    printed = capsys.readouterr().out
-    assert "shift of HSC" in printed and "no error bar" in printed
-    assert "detected jointly" in printed
+def test_demo_loads_cosmos_when_found(shared_data_dir, capsys):
+    """``--field auto`` with the data present fits COSMOS (the fit itself: test_cli_cosmos)."""
+    args = cli._parser().parse_args(["demo", "--out", "x", "--data-dir", str(shared_data_dir)])
+    hst, hsc, description, truth = cli._load_field(args)
+    assert truth is None and "cosmos_hst_hsc" in description
+    assert hst.channels == ("F814W",) and hsc.channels == ("g", "r", "i", "z", "y")
+    assert capsys.readouterr().err == ""  # no fallback message
 
 
 def test_version(capsys):
@@ -97,21 +61,100 @@ def test_failed_download_gives_a_readable_message(tmp_path, capsys, no_data):
     assert "Traceback" not in err
 
 
-def test_demo_without_data_or_network_runs_on_a_simulated_field(tmp_path, capsys, no_data):
-    out = tmp_path / "out"
-    code = cli.main(["demo", "--out", str(out), "--repeat", "1", "--no-fit"])
+@pytest.fixture(scope="module")
+def simulated_demo(tmp_path_factory):
+    """The demo with no data and no network, reduced (``--quick``): 2 galaxies, MAP,
+    Laplace and NUTS 2 x (30 + 30); about 2 minutes of one core."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
+        monkeypatch.setattr(datasets, "_cache_dir", lambda: tmp_path / "cache")
+        monkeypatch.setattr(datasets, "_fetch", _offline)
+        out = tmp_path / "out"
+        with _captured() as captured:
+            code = cli.main(["demo", "--out", str(out), "--quick"])
+    return code, out, captured
+
+
+def _offline(cache):
+    raise ConnectionError("network unreachable (test)")
+
+
+class _captured:
+    """Capture stdout and stderr of a module-scoped run (capsys is per test)."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(self.out))
+        self._stack.enter_context(contextlib.redirect_stderr(self.err))
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+def test_demo_without_data_or_network_fits_a_simulated_field(simulated_demo):
+    jsonschema = pytest.importorskip("jsonschema")
+    code, out, captured = simulated_demo
     assert code == 0
-    captured = capsys.readouterr()
-    assert "could not download" in captured.err and "simulated" in captured.err
-    assert "data: simulated field (seed 0)" in captured.out
+    printed = captured.out.getvalue()
+    assert "data: simulated field (seed 0, quick)" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["data"] == "simulated field (seed 0)"
-    assert len(summary["truth"]["shift_native_px"]) == 2
+    jsonschema.validate(summary, mp.field.summary_schema())  # the summary of `fit`
+    assert summary["data"] == "simulated field (seed 0, quick)"
     assert summary["frame"]["channels"] == ["F814W", "g", "r", "i", "z", "y"]
-    # the rendering stage's crude cube (HST pixels scaled per band) cannot fit HSC, but
-    # every band's chi2 is finite and positive
-    assert all(0 < band["chi2_per_dof"] < np.inf for band in summary["chi2"].values())
-    assert not (out / "summary.json.partial").exists()
+    assert summary["map"]["converged"]
+    for name in ("sources.ecsv", "scene.npz", "fit.npz", "posterior.nc", "scene_HSC.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "model_cube").exists() and "chi2 per degree" not in printed
+
+
+def test_demo_falls_back_to_the_simulated_field(no_data, capsys):
+    """``--field auto`` without data or network: says so, then takes the simulated field."""
+    args = cli._parser().parse_args(["demo", "--out", "x"])
+    hst, hsc, description, truth = cli._load_field(args)
+    err = capsys.readouterr().err
+    assert "could not download" in err and "simulated" in err
+    assert description == "simulated field (seed 0)" and len(truth["shift_native_px"]) == 2
+    assert hst.shape == (1, 100, 100) and hsc.shape == (5, 22, 22)
+
+
+def test_quick_refuses_cosmos():
+    args = cli._parser().parse_args(["demo", "--out", "x", "--quick", "--field", "cosmos"])
+    with pytest.raises(ValueError, match="--quick runs on the simulated field"):
+        cli._load_field(args)
+
+
+def test_demo_recovers_the_injected_shift(simulated_demo):
+    """Within 3 posterior sd of the truth the simulator drew, and printed."""
+    _, out, captured = simulated_demo
+    summary = json.loads((out / "summary.json").read_text())
+    true = np.asarray(summary["truth"]["shift_native_px"])  # the simulator's own draw
+    shift = summary["shift"]["HSC"]
+    sd = np.asarray(shift["sd_native_px"])
+    assert shift["sd_method"] == "laplace"  # marginal; NUTS held the morphologies
+    assert np.all(sd > 0)
+    assert np.all(np.abs(np.asarray(shift["native_px"]) - true) < 3 * sd)
+    printed = captured.out.getvalue()
+    assert "shift of HSC" in printed and "true shift" in printed
+    assert "fluxes against the truth" in printed
+
+
+def test_demo_matches_every_true_galaxy(simulated_demo):
+    """Each simulated galaxy has a fitted source within 0.1 arcsec, with its fluxes."""
+    _, out, _ = simulated_demo
+    summary = json.loads((out / "summary.json").read_text())
+    galaxies = summary["truth_comparison"]["galaxies"]
+    assert len(galaxies) == len(summary["truth"]["fluxes"])
+    for galaxy in galaxies:
+        assert galaxy["separation_arcsec"] < 0.1
+        for band in ("F814W", "g", "r", "i", "z", "y"):
+            entry = galaxy["flux"][band]
+            assert entry["sd"] > 0 and np.isfinite(entry["z"])
 
 
 def test_bad_data_dir(tmp_path, capsys):

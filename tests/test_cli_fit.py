@@ -202,8 +202,13 @@ def test_fit_with_sampling(simulated):
         == 0
     )
     summary = _valid_summary(out)
-    assert summary["shift"]["HSC"]["sd_method"] == "nuts"
-    assert summary["flux_sd_method"] == "nuts"
+    # NUTS held the morphologies at the MAP: its widths are conditional, so the default
+    # error bars stay the marginal Laplace ones (the MAP is at the mode)
+    assert summary["nuts"] == {"sites": ["spectrum", "shift"], "conditional": True}
+    shift = summary["shift"]["HSC"]
+    assert shift["sd_method"] == "laplace" and shift["sd_arcsec"] == shift["sd_arcsec_laplace"]
+    assert all(v > 0 for v in shift["sd_arcsec_nuts"])
+    assert summary["flux_sd_method"] == "laplace"
     assert summary["diagnostics"]["divergences"] >= 0
     assert "sample_s" in summary["timing_s"]
     assert (out / "posterior.nc").is_file()
@@ -230,7 +235,7 @@ def test_example_field_file_parses(tmp_path):
     assert config.observations[1].channels == ("g", "r", "i", "z", "y")
     assert config.observations[1].resample and config.references == ("HST",)
     assert config.observations[1].shift_prior_arcsec == 0.1
-    assert config.sources.detect_on == "HST" and config.max_iter == 2000
+    assert config.sources.detect_on == ("HST",) and config.max_iter == 2000
     assert config.sample == field.SampleConfig(("spectrum", "shift"), 300, 300, 2)
 
 
@@ -391,3 +396,47 @@ def test_catalogue_needs_ra_and_dec(tmp_path):
     path.write_text("ra,dec\n150.1,2.2\n150.2,2.3\n")
     coords = field._catalog(path)
     np.testing.assert_allclose(coords.dec.deg, [2.2, 2.3])
+
+
+def test_joint_detection_settings(simulated):
+    folder, _ = simulated
+    text = FIELD.replace(
+        'detect_on = "HST"', 'detect_on = ["HST", "HSC"]\nimage_type = ["space", "ground"]'
+    )
+    config = field.load_field(_toml(folder, text, "joint.toml"))
+    assert config.sources.detect_on == ("HST", "HSC")
+    assert config.sources.image_types == ("space", "ground")
+    one = FIELD.replace('detect_on = "HST"', 'detect_on = ["HST", "HSC"]')
+    assert field.load_field(_toml(folder, one, "joint1.toml")).sources.image_types == (
+        "space",
+        "space",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ('detect_on = ["HST", "JWST"]', "names no observation: 'JWST'"),
+        ('detect_on = ["HST", "HST"]', "repeated entries"),
+        ("detect_on = []", "non-empty list"),
+        ('detect_on = ["HST", "HSC"]\nimage_type = ["space"] ', None),
+        ('detect_on = ["HST", "HSC"]\nimage_type = ["space", "radio"]', "one per detect_on"),
+        ('detect_on = "HST"\nimage_type = ["space", "ground"]', "one per detect_on"),
+    ],
+)
+def test_joint_detection_errors(simulated, sources, message):
+    folder, _ = simulated
+    path = _toml(folder, FIELD.replace('detect_on = "HST"', sources), "bad_sources.toml")
+    if message is None:  # one image_type serves every observation
+        assert field.load_field(path).sources.image_types == ("space", "space")
+        return
+    with pytest.raises(ValueError, match=message):
+        field.load_field(path)
+
+
+def test_observations_given_in_memory_must_match_the_field(simulated):
+    folder, _ = simulated
+    config = field.load_field(_toml(folder, FIELD, "memory.toml"))
+    hst, hsc = field.load_observations(config)
+    with pytest.raises(ValueError, match=r"do not match the field's observations \['HST', 'HSC'\]"):
+        field.run_field(config, [hsc, hst])

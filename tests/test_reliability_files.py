@@ -259,7 +259,7 @@ def test_joint_fit_refuses_a_foreign_folder_before_any_work(tmp_path):
 
 def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    code = cli.main(["demo", "--out", str(tmp_path), "--field", "simulated", "--no-fit"])
+    code = cli.main(["demo", "--out", str(tmp_path), "--field", "simulated"])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("mobs-ppl: error:") and "--overwrite" in err

@@ -1,9 +1,9 @@
 """Command-line interface: ``mobs-ppl``.
 
-``mobs-ppl demo --out DIR`` runs the packaged demonstration on the COSMOS HST + HSC
-field: the forward model alone (load, model frame, match, render, timings), then the
-joint fit of :func:`mobs_ppl.workflow.joint_fit` (detection on HST, forced photometry
-on HSC, MAP with the HSC shift, NUTS on spectra and shift), writing results and plots.
+``mobs-ppl demo --out DIR`` fits the COSMOS HST + HSC field (or, without data, a
+simulated one with known truth) end to end with :func:`mobs_ppl.field.run_field`:
+joint detection, MAP with the HSC shift, Laplace error bars, NUTS on fluxes and shift;
+it prints the shift and fluxes and writes the results folder of ``mobs-ppl fit``.
 
 ``mobs-ppl fit FIELD.toml --out DIR`` fits the observations a TOML file describes
 (:mod:`mobs_ppl.field`; schema in ``docs/cli.md``).
@@ -12,7 +12,6 @@ on HSC, MAP with the HSC shift, NUTS on spectra and shift), writing results and 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -22,6 +21,14 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 PROG = "mobs-ppl"
+
+#: NUTS draws and warm-up steps per chain (two chains) of ``mobs-ppl demo``.
+DEMO_SAMPLES = 200
+DEMO_WARMUP = 200
+
+#: ``mobs-ppl demo --quick``: the simulated field's reduced size, and NUTS per chain.
+QUICK_FIELD = {"n_galaxies": 2, "space_pixels": 80, "ground_pixels": 18}
+QUICK_NUTS = 30
 
 
 def _version() -> str:
@@ -81,13 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo",
-        help="run the demonstration on the COSMOS HST + HSC field",
+        help="fit the COSMOS HST + HSC field (or a simulated one) end to end",
         description=(
-            "Load the COSMOS HST (F814W) and HSC (g, r, i, z, y) images (or, without data "
-            "or network, a simulated field with a known shift), build the model frame, "
-            "bind both observations to it, render a simple model cube into each and "
-            "report timings and chi-squared per band; then fit them jointly. Writes "
-            "OUT/summary.json, the fit and plots."
+            "Fit the COSMOS HST (F814W) and HSC (g, r, i, z, y) images jointly -- or, "
+            "without data or network, a simulated field with a known shift and known "
+            "fluxes: model frame, HSC resampled with its exact correlated noise, joint "
+            "detection (HST, then HSC), MAP with the HSC shift, marginal Laplace error "
+            "bars, then NUTS on fluxes and shift. Prints the shift and the fluxes (against "
+            "the truth on the simulated field). Writes OUT/summary.json, "
+            "OUT/sources.ecsv, the scene and fit, OUT/posterior.nc when sampled, and a "
+            "scene plot per observation."
         ),
     )
     _add_results_arguments(demo)
@@ -117,7 +127,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulated field (default 0)")
-    demo.add_argument("--no-fit", action="store_true", help="stop after the rendering stage")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "a check that everything works, in a minute or two: the simulated field, "
+            f"reduced to {QUICK_FIELD['n_galaxies']} galaxies in a "
+            f"{QUICK_FIELD['space_pixels']}-pixel HST and {QUICK_FIELD['ground_pixels']}-pixel "
+            f"HSC cut, and NUTS 2 x ({QUICK_NUTS} + {QUICK_NUTS}) unless --samples / "
+            "--warmup say otherwise"
+        ),
+    )
     demo.add_argument(
         "--max-iter",
         type=_count(1),
@@ -127,17 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--samples",
         type=_count(0),
-        default=0,
-        help="NUTS draws per chain after the MAP (default 0: skip; e.g. 200 for a posterior)",
+        default=None,
+        help=f"NUTS draws per chain after the MAP (default {DEMO_SAMPLES}; 0: MAP only)",
     )
     demo.add_argument(
-        "--warmup", type=_count(0), default=150, help="NUTS warm-up steps (default 150)"
-    )
-    demo.add_argument(
-        "--repeat",
-        type=int,
-        default=10,
-        help="renders timed for the steady-state figure (median; default 10)",
+        "--warmup",
+        type=_count(0),
+        default=None,
+        help=f"NUTS warm-up steps per chain (default {DEMO_WARMUP})",
     )
     _add_fit(commands)
     return parser
@@ -181,77 +198,6 @@ def _fit(args) -> int:
     return 0
 
 
-def _block(x):
-    import jax
-
-    return jax.block_until_ready(x)
-
-
-def _time_render(observation, cube, repeat: int) -> tuple[float, float]:
-    """First (compiling) and median steady-state time of a jitted render, in seconds."""
-    import equinox as eqx
-    import numpy as np
-
-    render = eqx.filter_jit(lambda obs, model: obs.render(model))
-    start = time.perf_counter()
-    _block(render(observation, cube))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(max(1, repeat)):
-        start = time.perf_counter()
-        _block(render(observation, cube))
-        times.append(time.perf_counter() - start)
-    return first, float(np.median(times))
-
-
-def _demo_cube(frame, hst, hsc):
-    """Model cube: HST data placed into the frame, scaled per HSC band to that band's sum.
-
-    The HST image is put on the model grid at the integer offset given by the WCS (the
-    model frame uses HST's pixels), zero elsewhere. Each HSC channel holds the same
-    image scaled so that its sum equals the sum of that HSC band's data; since rendering
-    conserves flux, the rendered HSC images then carry the observed total flux.
-    """
-    import numpy as np
-
-    from . import sky
-
-    y0, x0 = sky.pixel_to_pixel(hst.wcs, frame.wcs, np.array([0.0]), np.array([0.0]))
-    oy, ox = int(np.round(y0[0])), int(np.round(x0[0]))
-    _, h, w = hst.shape
-    image = np.zeros(frame.shape[1:])
-    image[oy : oy + h, ox : ox + w] = np.asarray(hst.data[0])
-    cube = np.zeros(frame.shape)
-    total = image.sum()
-    scales = {}
-    for c, band in enumerate(frame.channels):
-        if band in hst.channels:
-            scale = 1.0
-        else:
-            scale = float(np.sum(np.asarray(hsc.data[hsc.channels.index(band)]))) / total
-        cube[c] = scale * image
-        scales[band] = scale
-    return cube, (oy, ox), scales
-
-
-def _chi2_per_dof(observation, cube) -> dict[str, dict[str, float]]:
-    """Chi-squared per counted pixel, per band (nothing fitted: dof = counted pixels).
-
-    The observation's own :meth:`~mobs_ppl.Observation.chi2_per_channel`.
-    """
-    import numpy as np
-
-    chi2, counts = (np.asarray(a) for a in observation.chi2_per_channel(cube))
-    out = {}
-    for c, band in enumerate(observation.channels):
-        out[band] = {
-            "chi2": float(chi2[c]),
-            "dof": int(counts[c]),
-            "chi2_per_dof": float(chi2[c]) / int(counts[c]),
-        }
-    return out
-
-
 def _load_field(args):
     """The demo's observations: ``(hst, hsc, description, truth or None)``, or None.
 
@@ -265,7 +211,9 @@ def _load_field(args):
     from .synthetic import simulated_field
 
     explicit = args.data_dir is not None or os.environ.get(datasets.DATA_DIR_ENV, "").strip()
-    if args.field != "simulated":
+    if args.quick and args.field == "cosmos":
+        raise ValueError("--quick runs on the simulated field; drop --field cosmos or --quick")
+    if args.field != "simulated" and not args.quick:
         try:
             files = datasets.cosmos_files(args.data_dir, download=not args.no_download)
         except OSError as err:  # not found, or the download failed
@@ -288,13 +236,14 @@ def _load_field(args):
             folder = pathlib.Path(files["Cut_HST.fits"]).parent
             hst, hsc = datasets.load_cosmos(folder, download=False)
             return hst, hsc, str(folder), None
-    field = simulated_field(args.seed)
+    field = simulated_field(args.seed, **(QUICK_FIELD if args.quick else {}))
     truth = {
         "shift_native_px": field.true_shift_native.tolist(),
         "positions_deg": [[c.ra.deg, c.dec.deg] for c in field.positions],
         "fluxes": field.fluxes.tolist(),
     }
-    return field.hst, field.hsc, f"simulated field (seed {args.seed})", truth
+    size = ", quick" if args.quick else ""
+    return field.hst, field.hsc, f"simulated field (seed {args.seed}{size})", truth
 
 
 def _demo(args) -> int:
@@ -310,27 +259,144 @@ def _demo(args) -> int:
     return code
 
 
+def _demo_config(samples: int, warmup: int, max_iter: int | None):
+    """The demo's field: HST the reference, HSC resampled and shifted, joint detection."""
+    from .field import FieldConfig, ObservationConfig, SampleConfig, SourcesConfig
+
+    return FieldConfig(
+        path=None,
+        observations=(
+            ObservationConfig("HST", None, None, ("F814W",), noise="measured"),
+            ObservationConfig(
+                "HSC",
+                None,
+                None,
+                ("g", "r", "i", "z", "y"),
+                resample=True,
+                shift_prior_arcsec=0.1,
+            ),
+        ),
+        sources=SourcesConfig(detect_on=("HST", "HSC"), image_types=("space", "ground")),
+        max_iter=max_iter,
+        sample=SampleConfig(num_warmup=warmup, num_samples=samples, num_chains=2)
+        if samples
+        else None,
+    )
+
+
+def _against_truth(truth):
+    """``extra`` for :func:`mobs_ppl.field.write_results`: fitted minus true, in sd."""
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+
+    def compare(summary: dict) -> dict:
+        shift = summary["shift"]["HSC"]
+        true = np.asarray(truth["shift_native_px"])
+        sd = np.asarray(shift["sd_native_px"] or [np.nan, np.nan], float)
+        out = {
+            "shift_native_px": {
+                "true": true.tolist(),
+                "z": ((shift["native_px"] - true) / sd).tolist(),
+            }
+        }
+        sources = summary["sources"]
+        fitted = SkyCoord([s["ra"] for s in sources], [s["dec"] for s in sources], unit="deg")
+        positions = SkyCoord(truth["positions_deg"], unit="deg")
+        index, separation, _ = positions.match_to_catalog_sky(fitted)
+        galaxies = []
+        for g, (k, sep) in enumerate(zip(index, separation.arcsec, strict=True)):
+            source = sources[int(k)]
+            true_flux = dict(zip(summary["frame"]["channels"], truth["fluxes"][g], strict=True))
+            entry = {"source": int(k), "separation_arcsec": float(sep), "flux": {}}
+            for band, value in true_flux.items():
+                sd_band = (source.get("flux_sd") or {}).get(band)
+                z = None if not sd_band else (source["flux"][band] - value) / sd_band
+                entry["flux"][band] = {
+                    "true": float(value),
+                    "fitted": source["flux"][band],
+                    "sd": sd_band,
+                    "z": z,
+                }
+            galaxies.append(entry)
+        out["galaxies"] = galaxies
+        return {"truth_comparison": out}
+
+    return compare
+
+
+#: How the demo names each ``sd_method`` of the summary.
+_SD_LABELS = {
+    "laplace": "marginal sd, Laplace",
+    "nuts": "marginal sd, NUTS",
+    "nuts_conditional": "NUTS sd conditional on the MAP morphologies",
+}
+
+
+def _report(summary: dict) -> None:
+    """Print the shift and the fluxes (against the truth when there is one)."""
+    import numpy as np
+
+    shift = summary["shift"]["HSC"]
+    sd = shift["sd_native_px"]
+    error = (
+        "no error bar: the MAP is not at the mode"
+        if sd is None
+        else f"+- {np.round(sd, 3)} ({_SD_LABELS[shift['sd_method']]})"
+    )
+    print(
+        f"shift of HSC: {np.round(shift['native_px'], 3)} native px {error}; "
+        f"sky offset (dRA cos dec, dDec) {np.round(shift['sky_arcsec'], 4)} arcsec"
+    )
+    truth = summary.get("truth_comparison")
+    if truth is not None:
+        t = truth["shift_native_px"]
+        z = "n/a" if any(v is None or not np.isfinite(v) for v in t["z"]) else np.round(t["z"], 2)
+        print(f"  true shift {np.round(t['true'], 3)} native px; fitted - true = {z} sd")
+        print("fluxes against the truth (fitted +- sd, true, z):")
+        for g, galaxy in enumerate(truth["galaxies"]):
+            cells = []
+            for band, f in galaxy["flux"].items():
+                z = "" if f["z"] is None else f", z {f['z']:+.1f}"
+                sd_text = "" if f["sd"] is None else f" +- {f['sd']:.3g}"
+                cells.append(f"{band} {f['fitted']:.3g}{sd_text} ({f['true']:.3g}{z})")
+            print(
+                f'  galaxy {g} (source {galaxy["source"]}, {galaxy["separation_arcsec"]:.3f}"): '
+                + "; ".join(cells)
+            )
+        return
+    method = summary["flux_sd_method"]
+    label = "no error bars" if method is None else f"+- {_SD_LABELS[method]}"
+    print(f"fluxes of {summary['n_sources']} sources (data units, {label}):")
+    for source in summary["sources"]:
+        sds = source.get("flux_sd") or {}
+        cells = [
+            f"{band} {value:.3g}" + (f" +- {sds[band]:.2g}" if sds.get(band) else "")
+            for band, value in source["flux"].items()
+        ]
+        print(f"  {source['id']:>3} ({source['ra']:.5f}, {source['dec']:.5f}): " + "; ".join(cells))
+
+
 def _run_demo(args, out_dir: pathlib.Path) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
 
+    import matplotlib
     import numpy as np
 
-    from .atomic import write_text
-    from .frame import Frame
-    from .psf import psf_sigma
+    from . import field
 
-    t_start = time.perf_counter()
+    # the command line writes figures to files: a non-interactive backend (the entry
+    # point's choice, not the library's)
+    matplotlib.use("Agg")
+
     print(f"{PROG} {_version()} demo (jax {jax.__version__}, {jax.default_backend()}, float64)")
-
     start = time.perf_counter()
     loaded = _load_field(args)
     if loaded is None:
         return 1
     hst, hsc, source, truth = loaded
-    t_load = time.perf_counter() - start
-    print(f"data: {source} (loaded in {t_load:.2f} s)")
+    print(f"data: {source} (loaded in {time.perf_counter() - start:.2f} s)")
     for obs in (hst, hsc):
         sigma = 1.0 / np.sqrt(np.asarray(obs.weights)[:, 0, 0])
         noise = ", ".join(f"{b} {s:.3g}" for b, s in zip(obs.channels, sigma, strict=True))
@@ -339,112 +405,23 @@ def _run_demo(args, out_dir: pathlib.Path) -> int:
             f"{obs.frame.pixel_scale.to_value('arcsec'):.4f} arcsec, "
             f"PSF {obs.psf.shape[1]} x {obs.psf.shape[2]}, noise sigma {noise}"
         )
-
-    start = time.perf_counter()
-    frame = Frame.from_observations([hst, hsc], coverage="union")
-    t_frame = time.perf_counter() - start
-    scale = frame.pixel_scale.to_value("arcsec")
-    model_sigma = psf_sigma(np.asarray(frame.psf[0]))
-    print(
-        f"model frame: shape {frame.shape} (channel, y, x), pixel scale {scale:.4f} arcsec, "
-        f"channels {' '.join(frame.channels)} (built in {t_frame:.2f} s)"
+    default = QUICK_NUTS if args.quick else None
+    samples = args.samples if args.samples is not None else default or DEMO_SAMPLES
+    warmup = args.warmup if args.warmup is not None else default or DEMO_WARMUP
+    config = _demo_config(samples, warmup, args.max_iter)
+    run = field.run_field(
+        config, [hst, hsc], log=lambda line: print("  " + line), progress_bar=True
     )
-    print(
-        f"model PSF: Gaussian, sigma {model_sigma:.3f} model px = {model_sigma * scale:.4f} "
-        f"arcsec (second moments of the pixel-integrated image)"
-    )
+    compare = _against_truth(truth) if truth is not None else None
 
-    matched, timings = {}, {}
-    for obs in (hst, hsc):
-        start = time.perf_counter()
-        matched[obs.name] = _block(obs.match(frame))
-        timings[obs.name] = {"match_s": time.perf_counter() - start}
+    def extra(summary: dict) -> dict:
+        added = {"data": source, "truth": truth}
+        if compare is not None:
+            added.update(compare(summary))
+        return added
 
-    cube, offset, scales = _demo_cube(frame, hst, hsc)
-    print(
-        f"model cube: F814W = HST data placed at frame pixel (y, x) = {offset} (zero "
-        "elsewhere); g..y = the same image scaled so its sum equals each HSC band's sum "
-        f"(scales {', '.join(f'{b} {s:.4g}' for b, s in scales.items() if b in hsc.channels)})"
-    )
-    cube = jax.numpy.asarray(cube)
-
-    summary_obs = {}
-    chi2 = {}
-    print("observation  mode       grid (padded)        match     first render  steady render")
-    for name, obs in matched.items():
-        first, steady = _time_render(obs, cube, args.repeat)
-        timings[name].update(first_render_s=first, steady_render_s=steady)
-        r = obs.renderer
-        grid = f"{r.grid_shape[0]}x{r.grid_shape[1]} ({r.padded_shape[0]}x{r.padded_shape[1]})"
-        print(
-            f"{name:<12} {r.mode:<10} {grid:<20} {timings[name]['match_s']:6.3f} s  "
-            f"{first:8.3f} s    {steady * 1e3:9.3f} ms"
-        )
-        chi2.update(_chi2_per_dof(obs, cube))
-        summary_obs[name] = {
-            "shape": list(obs.shape),
-            "channels": list(obs.channels),
-            "pixel_scale_arcsec": obs.frame.pixel_scale.to_value("arcsec"),
-            "noise_sigma": [float(s) for s in 1.0 / np.sqrt(np.asarray(obs.weights)[:, 0, 0])],
-            "render_mode": r.mode,
-            "grid_shape": list(r.grid_shape),
-            "padded_shape": list(r.padded_shape),
-            **timings[name],
-        }
-    print(f"steady render: median of {max(1, args.repeat)} calls of the jitted render")
-    print("chi2 per degree of freedom (dof = used pixels; nothing fitted):")
-    print("  " + ", ".join(f"{band} {v['chi2_per_dof']:.3g}" for band, v in chi2.items()))
-
-    summary = {
-        "version": _version(),
-        "jax": {"version": jax.__version__, "backend": jax.default_backend(), "x64": True},
-        "data": source,
-        "truth": truth,
-        "frame": {
-            "shape": list(frame.shape),
-            "pixel_scale_arcsec": scale,
-            "channels": list(frame.channels),
-            "model_psf_sigma_px": model_sigma,
-        },
-        "model_cube": {
-            "description": "HST data placed into the frame; HSC channels scaled to band sums",
-            "hst_offset_yx": list(offset),
-            "scales": scales,
-        },
-        "observations": summary_obs,
-        "chi2": chi2,
-        "total_s": time.perf_counter() - t_start,
-    }
-    if not args.no_fit:
-        import matplotlib
-
-        from .workflow import joint_fit
-
-        # the command line writes figures to files: a non-interactive backend (the
-        # entry point's choice, not the library's)
-        matplotlib.use("Agg")
-
-        print("joint fit (HST reference, HSC shifted):")
-        summary["fit"] = joint_fit(
-            hst,
-            hsc,
-            out_dir=out_dir,
-            max_iter=args.max_iter,
-            num_warmup=args.warmup,
-            num_samples=args.samples,
-            log=lambda line: print("  " + line.replace("\n", "\n  ")),
-        )
-        if truth is not None:
-            fitted = np.asarray(summary["fit"]["shift_native_px"])
-            sd = np.asarray(summary["fit"]["shift_native_sd_px"])
-            true = np.asarray(truth["shift_native_px"])
-            summary["fit"]["shift_z"] = ((fitted - true) / sd).tolist()
-            print(
-                f"  true shift of HSC {np.round(true, 3)} native px; fitted - true = "
-                f"{np.round(fitted - true, 3)} = {np.round((fitted - true) / sd, 2)} marginal sd"
-            )
-        summary["total_s"] = time.perf_counter() - t_start
-    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary = field.write_results(run, out_dir, extra=extra)
+    _report(summary)
     return 0
 
 

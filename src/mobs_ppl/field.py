@@ -27,10 +27,13 @@ __all__ = [
     "ObservationConfig",
     "SampleConfig",
     "SourcesConfig",
+    "FieldRun",
     "fit_field",
     "load_field",
     "load_observations",
+    "run_field",
     "summary_schema",
+    "write_results",
 ]
 
 #: Observation names become file names: letters, digits, ``_ . -``.
@@ -61,12 +64,14 @@ class ObservationConfig:
     """One ``[[observation]]`` table: files (absolute paths) and settings.
 
     ``weights`` is ``"estimate"`` or the path of a FITS file of inverse variances;
-    ``shift_prior_arcsec`` is ``None`` for an astrometric reference.
+    ``shift_prior_arcsec`` is ``None`` for an astrometric reference. ``data`` and
+    ``psf`` are ``None`` for an observation given in memory (``fit_field(...,
+    observations=...)``, as ``mobs-ppl demo`` does).
     """
 
     name: str
-    data: pathlib.Path
-    psf: pathlib.Path
+    data: pathlib.Path | None
+    psf: pathlib.Path | None
     channels: tuple[str, ...]
     weights: pathlib.Path | str = "estimate"
     hdu: int | None = None
@@ -79,11 +84,16 @@ class ObservationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SourcesConfig:
-    """The ``[sources]`` table: detection on one observation, or a catalogue."""
+    """The ``[sources]`` table: detection on one or more observations, or a catalogue.
 
-    detect_on: str | None = None
+    ``detect_on`` names the observations detected on, jointly, in that order (the first
+    gives the sources, the later ones add what it misses); ``image_types`` holds one
+    detection kind (``"space"`` or ``"ground"``) per name, or one for the catalogue.
+    """
+
+    detect_on: tuple[str, ...] | None = None
     catalog: pathlib.Path | None = None
-    image_type: str = "space"
+    image_types: tuple[str, ...] = ("space",)
     n_sigma: float = 5.0
 
 
@@ -99,9 +109,9 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FieldConfig:
-    """A checked field file (see :func:`load_field`)."""
+    """A checked field file (see :func:`load_field`); ``path`` is ``None`` when built in code."""
 
-    path: pathlib.Path
+    path: pathlib.Path | None
     observations: tuple[ObservationConfig, ...]
     sources: SourcesConfig
     coverage: str = "union"
@@ -296,23 +306,38 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
 def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
     table = _Table(values, "[sources]", file, _SOURCES_KEYS)
     names = [o.name for o in observations]
-    detect_on = table.get("detect_on", str, what="an observation name (string)")
+    detect_on = table.get("detect_on", (str, list), what="an observation name or a list of them")
+    if isinstance(detect_on, str):
+        detect_on = [detect_on]
+    if detect_on is not None:
+        detect_on = table.strings("detect_on")
     if detect_on is not None and "catalog" in table.values:
         table.fail(
             "[sources] has both detect_on and catalog: give one (catalog positions take "
             "their footprints from the first reference observation)"
         )
     if detect_on is None and "catalog" not in table.values:
-        detect_on = names[0]
-    if detect_on is not None and detect_on not in names:
-        table.fail(f"detect_on in [sources] names no observation: {detect_on!r}; known: {names}")
+        detect_on = (names[0],)
+    unknown = [d for d in detect_on or () if d not in names]
+    if unknown:
+        table.fail(f"detect_on in [sources] names no observation: {unknown[0]!r}; known: {names}")
+    image_types = table.get("image_type", (str, list), "space", what="a string or a list of them")
+    image_types = (image_types,) if isinstance(image_types, str) else tuple(image_types)
+    wanted = len(detect_on) if detect_on is not None else 1
+    if len(image_types) == 1:
+        image_types = image_types * wanted
+    if len(image_types) != wanted or any(t not in ("space", "ground") for t in image_types):
+        table.fail(
+            "image_type in [sources] must be 'space' or 'ground', or a list of them with one "
+            f"per detect_on observation ({wanted}); got {table.values['image_type']!r}"
+        )
     n_sigma = table.get("n_sigma", (int, float), 5.0, what="a number")
     if not n_sigma > 0:
         table.fail(f"n_sigma in [sources] must be positive; got {n_sigma!r}")
     return SourcesConfig(
         detect_on=detect_on,
         catalog=table.file_path("catalog"),
-        image_type=table.choice("image_type", ("space", "ground"), "space"),
+        image_types=image_types,
         n_sigma=float(n_sigma),
     )
 
@@ -460,21 +485,29 @@ def _scene_sources(config: FieldConfig, observations, frame, log):
             first,
             frame,
             catalog=_catalog(config.sources.catalog),
-            image_type=config.sources.image_type,
+            image_type=config.sources.image_types[0],
             n_sigma=config.sources.n_sigma,
         )
-        origin = first.name
-        log(f"{scene.n_groups} sources from the catalogue, footprints from {origin}")
+        origins = (first.name,)
+        log(f"{scene.n_groups} sources from the catalogue, footprints from {first.name}")
     else:
-        origin = config.sources.detect_on
-        scene = init.from_observation(
-            by_name[origin],
-            frame,
-            image_type=config.sources.image_type,
-            n_sigma=config.sources.n_sigma,
-        )
-        log(f"{scene.n_groups} sources detected on {origin}")
-    return scene, origin
+        origins = config.sources.detect_on
+        if len(origins) == 1:
+            scene = init.from_observation(
+                by_name[origins[0]],
+                frame,
+                image_type=config.sources.image_types[0],
+                n_sigma=config.sources.n_sigma,
+            )
+        else:
+            scene = init.from_observations(
+                [by_name[name] for name in origins],
+                frame,
+                image_types=list(config.sources.image_types),
+                n_sigma=config.sources.n_sigma,
+            )
+        log(f"{scene.n_groups} sources detected on {' and '.join(origins)}")
+    return scene, origins
 
 
 def _noise_model(config: ObservationConfig, obs, frame):
@@ -501,48 +534,70 @@ def _group_rows(scene, frame):
     return rows
 
 
-def fit_field(
+@dataclasses.dataclass(frozen=True)
+class FieldRun:
+    """A field fitted in memory (:func:`run_field`), ready to be written.
+
+    ``state`` holds the stages' products (``native`` observations, ``frame``, noise
+    ``models``, ``scene``, ``model``, ``fit``, ``laplace``, ``idata``); ``timing`` the
+    seconds per stage.
+    """
+
+    config: FieldConfig
+    state: dict
+    timing: dict
+
+    @property
+    def fit(self):
+        """The :class:`~mobs_ppl.MAPResult`."""
+        return self.state["fit"]
+
+    @property
+    def laplace(self):
+        """The marginal :class:`~mobs_ppl.LaplaceApproximation`, or ``None``."""
+        return self.state["laplace"]
+
+    @property
+    def idata(self):
+        """The NUTS ``InferenceData``, or ``None`` when not sampled."""
+        return self.state["idata"]
+
+
+def run_field(
     config: FieldConfig,
-    out_dir,
-    overwrite: bool = False,
+    observations=None,
     log: Callable[[str], None] = print,
-) -> dict:
-    """Fit a field jointly and write its results folder.
+    progress_bar: bool = False,
+) -> FieldRun:
+    """Fit a field jointly, in memory (the stages of :func:`fit_field`).
 
     Parameters
     ----------
     config : FieldConfig
-        From :func:`load_field`.
-    out_dir : path-like
-        The results folder, written as a whole (:func:`mobs_ppl.atomic.staged_folder`).
-    overwrite : bool
-        Allow replacing an ``out_dir`` with other content (which is deleted).
+        From :func:`load_field`, or built in code.
+    observations : sequence of Observation, optional
+        The native observations, in the order and with the names of
+        ``config.observations``; default: read from their files.
     log : callable
         Receives progress lines.
+    progress_bar : bool
+        Show progress bars of the MAP and of NUTS (tqdm, on stderr).
 
     Returns
     -------
-    dict
-        The content of ``summary.json``.
-
-    Notes
-    -----
-    The flow of ``tutorials/multi_observation.py``: a model frame over all
-    observations (``[frame] coverage``); noise models (``resample = true``: resampled
-    once onto the frame with the exact correlated noise of the native data;
-    ``noise = "measured"``: correlations measured from the data; otherwise independent
-    pixels); sources detected on one observation or placed at catalogue positions;
-    forced photometry in every other observation; MAP (:func:`mobs_ppl.fit_map`) with a
-    shift for each observation that has ``shift_prior_arcsec``; marginal error bars
-    from :func:`mobs_ppl.laplace` (every site free; only when the MAP is at the mode);
-    optionally NUTS on ``[sample] sites`` (the others held at the MAP, so those widths
-    are conditional on them). The backend of the figures is the caller's choice.
+    FieldRun
     """
-    from . import atomic
-
-    atomic.check_replaceable(out_dir, overwrite)  # refuse before minutes of work
+    state: dict = {"progress_bar": progress_bar}
     timing: dict[str, float] = {}
-    state: dict = {}
+    if observations is not None:
+        names = [o.name for o in observations]
+        expected = [o.name for o in config.observations]
+        if names != expected:
+            raise ValueError(
+                f"observations {names} do not match the field's observations {expected} "
+                "(names, in order)"
+            )
+        state["native"] = list(observations)
     stages = (
         ("load", _stage_load),
         ("frame", _stage_frame),
@@ -556,17 +611,89 @@ def fit_field(
         start = time.perf_counter()
         if stage(config, state, log) is not False:
             timing[f"{name}_s"] = time.perf_counter() - start
+    return FieldRun(config, state, timing)
+
+
+def write_results(run: FieldRun, folder, extra: Callable[[dict], dict] | None = None) -> dict:
+    """Write a fitted field's files into ``folder``; returns the summary written.
+
+    ``summary.json`` (last, so that its presence means the rest is there),
+    ``sources.ecsv``, ``scene.npz``, ``fit.npz``, ``posterior.nc`` when sampled, and
+    a scene plot per observation in its native pixels. ``folder`` should be a staged
+    folder (:func:`mobs_ppl.atomic.staged_folder`) so that readers never see half of it.
+    ``extra(summary)``, if given, returns entries added to the summary before it is
+    written (``mobs-ppl demo`` adds the truth of its simulated field).
+    """
+    from . import atomic
+
+    folder = pathlib.Path(folder)
+    start = time.perf_counter()
+    _write(folder, run.state)
+    timing = {**run.timing, "write_s": time.perf_counter() - start}
+    summary = _summary(run.config, run.state, timing)
+    if extra is not None:
+        summary.update(extra(summary))
+    atomic.write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def fit_field(
+    config: FieldConfig,
+    out_dir,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    observations=None,
+    progress_bar: bool = False,
+) -> dict:
+    """Fit a field jointly and write its results folder.
+
+    Parameters
+    ----------
+    config : FieldConfig
+        From :func:`load_field`.
+    out_dir : path-like
+        The results folder, written as a whole (:func:`mobs_ppl.atomic.staged_folder`).
+    overwrite : bool
+        Allow replacing an ``out_dir`` with other content (which is deleted).
+    log : callable
+        Receives progress lines.
+    observations : sequence of Observation, optional
+        The observations already in memory (see :func:`run_field`).
+    progress_bar : bool
+        Show progress bars of the MAP and of NUTS.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``.
+
+    Notes
+    -----
+    The flow of ``tutorials/multi_observation.py``: a model frame over all
+    observations (``[frame] coverage``); noise models (``resample = true``: resampled
+    once onto the frame with the exact correlated noise of the native data;
+    ``noise = "measured"``: correlations measured from the data; otherwise independent
+    pixels); sources detected on one or more observations or placed at catalogue
+    positions; forced photometry in every other observation; MAP
+    (:func:`mobs_ppl.fit_map`) with a shift for each observation that has
+    ``shift_prior_arcsec``; marginal error bars from :func:`mobs_ppl.laplace` (every
+    site free; only when the MAP is at the mode); optionally NUTS on ``[sample] sites``
+    (the others held at the MAP, so those widths are conditional on them). The backend
+    of the figures is the caller's choice.
+    """
+    from . import atomic
+
+    atomic.check_replaceable(out_dir, overwrite)  # refuse before minutes of work
+    run = run_field(config, observations, log, progress_bar)
     with atomic.staged_folder(out_dir, overwrite) as staged:
-        start = time.perf_counter()
-        _write(staged.path, state)
-        timing["write_s"] = time.perf_counter() - start
-        summary = _summary(config, state, timing)
-        atomic.write_text(staged.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary = write_results(run, staged.path)
     log(f"wrote results to {staged.target}")
     return summary
 
 
 def _stage_load(config, state, log):
+    if "native" in state:  # given in memory
+        return False
     state["native"] = load_observations(config)
     for obs in state["native"]:
         log(f"{obs.name}: {obs.shape} {', '.join(obs.channels)}, PSF {obs.psf.shape}")
@@ -589,9 +716,9 @@ def _stage_noise(config, state, log):
 def _stage_sources(config, state, log):
     from . import measure
 
-    scene, origin = _scene_sources(config, state["native"], state["frame"], log)
+    scene, origins = _scene_sources(config, state["native"], state["frame"], log)
     for obs in state["models"]:
-        if obs.name != origin:
+        if obs.name not in origins:  # the detections measured their own spectra
             scene = measure.forced_photometry(scene, obs)
     state["scene"] = scene
 
@@ -608,7 +735,12 @@ def _stage_fit(config, state, log):
         if c.shift_prior_arcsec is not None
     }
     state["model"] = SceneModel(state["scene"], state["models"], shifts=shifts)
-    fit = fit_map(state["model"], max_iter=config.max_iter, seed=config.seed)
+    fit = fit_map(
+        state["model"],
+        max_iter=config.max_iter,
+        seed=config.seed,
+        progress_bar=state["progress_bar"],
+    )
     state["fit"] = fit
     log(
         f"MAP: {fit.iterations} steps, Newton decrement {fit.decrement:.3g}, "
@@ -641,8 +773,11 @@ def _stage_sample(config, state, log):
         num_samples=s.num_samples,
         num_chains=s.num_chains,
         seed=config.seed,
+        progress_bar=state["progress_bar"],
     )
     state["idata"] = post.to_arviz(log_likelihood="none")
+    # sites held at the MAP (e.g. morphologies): the NUTS widths are conditional on them
+    state["nuts_conditional"] = bool(post.fixed)
 
 
 def _posterior_sd(idata, name: str):
@@ -667,14 +802,27 @@ def _diagnostics(idata) -> dict:
     }
 
 
-def _flux_errors(state):
-    """``(groups, channels)`` flux sd and its method, or ``(None, None)``."""
-    nuts = _posterior_sd(state["idata"], "flux")
-    if nuts is not None:
+def _choose_sd(nuts, laplace, state):
+    """The error bar reported by default, and its method.
+
+    NUTS when it sampled every site (marginal); else the Laplace sd (marginal: every
+    site free); else, when the MAP is not at the mode, NUTS that held some sites at the
+    MAP, labelled ``"nuts_conditional"``; ``(None, None)`` without either.
+    """
+    conditional = state.get("nuts_conditional", False)
+    if nuts is not None and not conditional:
         return nuts, "nuts"
-    if state["laplace"] is not None:
-        return state["laplace"].sd("flux"), "laplace"
+    if laplace is not None:
+        return laplace, "laplace"
+    if nuts is not None:
+        return nuts, "nuts_conditional"
     return None, None
+
+
+def _flux_errors(state):
+    """``(groups, channels)`` flux sd and its method (see :func:`_choose_sd`)."""
+    laplace = None if state["laplace"] is None else state["laplace"].sd("flux")
+    return _choose_sd(_posterior_sd(state["idata"], "flux"), laplace, state)
 
 
 def _summary(config, state, timing) -> dict:
@@ -687,6 +835,7 @@ def _summary(config, state, timing) -> dict:
     model = state["model"]
     observations, shift = {}, {}
     nuts_sd = _posterior_sd(idata, "shift_arcsec")
+    nuts_sd_native = _posterior_sd(idata, "shift_native")
     for c, obs in zip(config.observations, state["native"], strict=True):
         native = fit.shift_native(c.name) if c.name in model.shift_names else None
         observations[c.name] = {
@@ -701,7 +850,12 @@ def _summary(config, state, timing) -> dict:
             continue
         k = model.shift_names.index(c.name)
         laplace_sd = None if approx is None else approx.sd("shift_arcsec")[k]
-        sd, method = (nuts_sd[k], "nuts") if nuts_sd is not None else (laplace_sd, "laplace")
+        laplace_sd_native = None if approx is None else approx.sd("shift_native")[k]
+        nuts_k = None if nuts_sd is None else nuts_sd[k]
+        sd, method = _choose_sd(nuts_k, laplace_sd, state)
+        sd_native, _ = _choose_sd(
+            None if nuts_sd_native is None else nuts_sd_native[k], laplace_sd_native, state
+        )
         shift[c.name] = {
             "prior_sd_arcsec": c.shift_prior_arcsec,
             "model_px": fit.shift(c.name).tolist(),
@@ -709,8 +863,10 @@ def _summary(config, state, timing) -> dict:
             "arcsec": fit.shift_arcsec(c.name).tolist(),
             "sky_arcsec": _sky_offset(obs.frame, native),
             "sd_arcsec": None if sd is None else _finite_or_none(sd),
+            "sd_native_px": None if sd_native is None else _finite_or_none(sd_native),
             "sd_method": None if sd is None else method,
             "sd_arcsec_laplace": None if laplace_sd is None else _finite_or_none(laplace_sd),
+            "sd_arcsec_nuts": None if nuts_k is None else _finite_or_none(nuts_k),
         }
     flux = np.asarray(scene.fluxes())
     flux_sd, flux_method = _flux_errors(state)
@@ -729,7 +885,7 @@ def _summary(config, state, timing) -> dict:
             entry["flux_sd"] = dict(zip(frame.channels, _finite_or_none(flux_sd[g]), strict=True))
         sources.append(entry)
     summary = {
-        "field": str(config.path),
+        "field": None if config.path is None else str(config.path),
         "n_sources": scene.n_groups,
         "n_components": len(scene.sources),
         "frame": {
@@ -751,6 +907,10 @@ def _summary(config, state, timing) -> dict:
     }
     if idata is not None:
         summary["diagnostics"] = _diagnostics(idata)
+        summary["nuts"] = {
+            "sites": list(config.sample.sites),
+            "conditional": state["nuts_conditional"],
+        }
     return summary
 
 
