@@ -403,6 +403,9 @@ def run_batch(
         if todo:
             _run_tasks(todo, out, scheduler, workers, progress, emit, outcomes, timing, save)
     finally:  # also after Ctrl-C: unfinished fields are "not run"
+        for e in todo:  # finished on disk, but its result never reached us (interrupted)
+            if outcomes[e.name].status == "not run" and (out / e.name / _SUMMARY_FILE).is_file():
+                outcomes[e.name] = FieldOutcome(e.name, "done")
         save()
     return report()
 
