@@ -45,7 +45,7 @@ LAYERS = (
         "arviz_io",
         "persistence",
     ),
-    ("plot", "workflow", "field", "cli"),
+    ("plot", "workflow", "field", "batch", "cli"),
 )
 
 
@@ -76,7 +76,9 @@ def test_modules_import_only_from_their_layer_or_below():
 HEAVY_MODULES = ("jax", "numpyro", "arviz", "matplotlib", "astropy", "numpy")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["fit", "--help"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["demo", "--help"], ["fit", "--help"], ["batch", "--help"], ["--version"]]
+)
 def test_help_imports_no_heavy_module(argv):
     """``--help`` and ``--version`` answer without importing JAX and friends (fast start).
 

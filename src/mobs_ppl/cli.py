@@ -7,6 +7,9 @@ it prints the shift and fluxes and writes the results folder of ``mobs-ppl fit``
 
 ``mobs-ppl fit FIELD.toml --out DIR`` fits the observations a TOML file describes
 (:mod:`mobs_ppl.field`; schema in ``docs/cli.md``).
+
+``mobs-ppl batch MANIFEST --out DIR`` fits many such fields on a Dask cluster
+(:mod:`mobs_ppl.batch`).
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"NUTS warm-up steps per chain (default {DEMO_WARMUP})",
     )
     _add_fit(commands)
+    _add_batch(commands)
     return parser
 
 
@@ -195,6 +199,81 @@ def _fit(args) -> int:
     print(f"{PROG} {_version()} fit {args.field} (jax {jax.__version__}, float64)")
     fit_field(config, args.out, overwrite=args.overwrite, log=lambda line: print("  " + line))
     print(f"wrote {args.out / 'summary.json'}")
+    return 0
+
+
+def _add_batch(commands) -> None:
+    batch = commands.add_parser(
+        "batch",
+        help="fit the fields of a manifest on a Dask cluster",
+        description=(
+            "Fit every field listed in MANIFEST (a TOML file of [[field]] tables with "
+            "name and config, the path of a field file; see docs/cli.md) as `fit` does, "
+            "one Dask task per field, on a local cluster or an existing scheduler. "
+            "Writes OUT/NAME/ per field as soon as it finishes (the results folder of "
+            "`fit`), OUT/NAME/error.json for a field that failed (the others go on) and "
+            "OUT/batch.json (status of each field, fields per minute). Run again to "
+            "resume: fields with OUT/NAME/summary.json are skipped. Exit status 1 if "
+            "any field failed."
+        ),
+    )
+    batch.add_argument(
+        "manifest", type=pathlib.Path, metavar="MANIFEST", help="the manifest (TOML)"
+    )
+    batch.add_argument(
+        "--out",
+        required=True,
+        type=pathlib.Path,
+        help="results folder: one sub-folder per field, and batch.json",
+    )
+    batch.add_argument(
+        "--scheduler",
+        default="local",
+        metavar="local|ADDRESS",
+        help=(
+            "local (default): start a Dask LocalCluster of single-threaded worker "
+            "processes; or the address of a running Dask scheduler (e.g. "
+            "tcp://host:8786) whose workers see the same files"
+        ),
+    )
+    batch.add_argument(
+        "--workers",
+        type=_count(1),
+        default=None,
+        help="worker processes of the local cluster (default: CPUs, at most one per field)",
+    )
+    batch.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def _batch(args) -> int:
+    """Run the manifest's fields on Dask; exit status 1 if any failed."""
+    from .batch import load_manifest, run_batch
+
+    entries = load_manifest(args.manifest)  # bad input fails here, before Dask starts
+
+    from tqdm.auto import tqdm
+
+    where = "a local cluster" if args.scheduler == "local" else f"scheduler {args.scheduler}"
+    print(f"{PROG} {_version()} batch {args.manifest}: {len(entries)} fields on {where}")
+    result = run_batch(
+        args.manifest,
+        args.out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        log=lambda line: tqdm.write("  " + line),
+    )
+    print(result.table())
+    print(f"wrote {args.out / 'batch.json'}")
+    failed = result.count("failed")
+    if failed:
+        print(
+            f"{PROG}: {failed} of {len(entries)} fields failed; their errors are in "
+            f"{args.out}/NAME/error.json",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -468,6 +547,8 @@ def _run(args) -> int:
         return _demo(args)
     if args.command == "fit":
         return _fit(args)
+    if args.command == "batch":
+        return _batch(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 

@@ -308,8 +308,8 @@ def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
     names = [o.name for o in observations]
     detect_on = table.get("detect_on", (str, list), what="an observation name or a list of them")
     if isinstance(detect_on, str):
-        detect_on = [detect_on]
-    if detect_on is not None:
+        detect_on = (detect_on,)
+    elif detect_on is not None:
         detect_on = table.strings("detect_on")
     if detect_on is not None and "catalog" in table.values:
         table.fail(
