@@ -123,6 +123,8 @@ _LONGEST_FIRST = (
     "test_cosmos_nuts.py",
     "test_marginal_errors.py",
     "test_calibration.py",
+    "test_cli_cosmos.py",
+    "test_batch.py",
 )
 
 

@@ -51,7 +51,7 @@ def test_cosmos_summary_has_every_key_of_the_schema(cosmos_run):
     assert summary["n_sources"] >= 5
     assert set(summary["observations"]) == {"HST", "HSC"}
     hsc = summary["observations"]["HSC"]
-    assert hsc["channels"] == CHANNELS[1:] and hsc["shape"] == [5, 140, 140]
+    assert hsc["channels"] == CHANNELS[1:] and hsc["shape"] == [5, 50, 50]
     assert set(hsc["chi2_dof"]) == set(CHANNELS[1:])
     shift = summary["shift"]["HSC"]
     for key in ("model_px", "native_px", "arcsec", "sky_arcsec", "sd_arcsec"):

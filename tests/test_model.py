@@ -10,6 +10,7 @@ model frame (``CorrelatedObservation``), as in real use.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 
 import arviz as az
@@ -640,3 +641,30 @@ def test_initial_value_for_unknown_site(model):
 def test_sample_unknown_site(model, fit):
     with pytest.raises(ValueError, match="unknown site 'fluxes'"):
         mp.sample(model, init=fit, sites=["spectrum", "fluxes"])
+
+
+def test_sample_returns_computed_draws(post_all):
+    """``mp.sample`` waits for its draws: none is still being computed when it returns."""
+    leaves = jax.tree_util.tree_leaves(
+        (post_all.mcmc.get_samples(), post_all.mcmc.get_extra_fields())
+    )
+    assert leaves and all(leaf.is_ready() for leaf in leaves)
+
+
+def test_progress_bar_follows_interactive_use(monkeypatch):
+    from mobs_ppl import inference
+
+    class _Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    assert not inference._interactive()  # a script writing to a file or a pipe
+    monkeypatch.setattr(sys, "stderr", _Stream(True))
+    assert inference._interactive()  # a terminal

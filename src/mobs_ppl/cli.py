@@ -197,7 +197,13 @@ def _fit(args) -> int:
     from .field import fit_field
 
     print(f"{PROG} {_version()} fit {args.field} (jax {jax.__version__}, float64)")
-    fit_field(config, args.out, overwrite=args.overwrite, log=lambda line: print("  " + line))
+    fit_field(
+        config,
+        args.out,
+        overwrite=args.overwrite,
+        log=lambda line: print("  " + line),
+        progress_bar=True,
+    )
     print(f"wrote {args.out / 'summary.json'}")
     return 0
 

@@ -417,6 +417,18 @@ class PosteriorResult:
         return posterior_to_arviz(self, log_likelihood)
 
 
+def _interactive() -> bool:
+    """Whether a person is watching: a terminal on stderr, IPython or Jupyter."""
+    import sys
+
+    if "IPython" in sys.modules or "ipykernel" in sys.modules or hasattr(sys, "ps1"):
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def sample(
     model: SceneModel,
     init: MAPResult | Mapping | None = None,
@@ -429,9 +441,12 @@ def sample(
     chain_method: str = "vectorized",
     target_accept_prob: float = 0.8,
     mass_matrix: str = "laplace",
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
 ) -> PosteriorResult:
     """Posterior samples with NUTS, started at the MAP.
+
+    Returns once the draws are computed (JAX dispatches asynchronously: without the
+    wait, the time would appear later, in whatever first reads them).
 
     Parameters
     ----------
@@ -469,9 +484,12 @@ def sample(
         is adapted as with ``"laplace+adapt"``. ``"laplace+adapt"``: start from it
         and let NumPyro's windowed adaptation re-estimate it from the warm-up draws.
         ``"adapt"``: NumPyro's default (identity, then windowed adaptation).
-    progress_bar : bool
-        NumPyro's progress bar.
+    progress_bar : bool, optional
+        NumPyro's progress bar. ``None`` (default): shown in interactive use (a
+        terminal, IPython or Jupyter), not in scripts whose stderr is a file or a pipe.
     """
+    if progress_bar is None:
+        progress_bar = _interactive()
     mass_matrix = check_choice("mass_matrix", mass_matrix, ("laplace", "laplace+adapt", "adapt"))
     chain_method = check_choice(
         "chain_method", chain_method, ("vectorized", "sequential", "parallel")
@@ -522,4 +540,5 @@ def sample(
         jax.random.PRNGKey(seed),
         extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy"),
     )
+    jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
     return PosteriorResult(model=model, mcmc=mcmc, sampled=tuple(start), fixed=fixed)
