@@ -37,7 +37,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _TOP_KEYS = ("frame", "observation", "sources", "fit", "sample")
-_FRAME_KEYS = ("coverage",)
+_FRAME_KEYS = ("coverage", "channels")
 _OBSERVATION_KEYS = (
     "name",
     "data",
@@ -50,6 +50,7 @@ _OBSERVATION_KEYS = (
     "resample",
     "noise",
     "shift_prior_arcsec",
+    "calibration_prior",
 )
 _SOURCES_KEYS = ("detect_on", "catalog", "image_type", "n_sigma")
 _FIT_KEYS = ("max_iter", "seed")
@@ -61,7 +62,9 @@ class ObservationConfig:
     """One ``[[observation]]`` table: files (absolute paths) and settings.
 
     ``weights`` is ``"estimate"`` or the path of a FITS file of inverse variances;
-    ``shift_prior_arcsec`` is ``None`` for an astrometric reference.
+    ``shift_prior_arcsec`` is ``None`` for an astrometric reference,
+    ``calibration_prior`` (the LogNormal width of a photometric scale per channel) for a
+    photometric one.
     """
 
     name: str
@@ -75,6 +78,7 @@ class ObservationConfig:
     resample: bool = False
     noise: str = "independent"
     shift_prior_arcsec: float | None = None
+    calibration_prior: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +109,7 @@ class FieldConfig:
     observations: tuple[ObservationConfig, ...]
     sources: SourcesConfig
     coverage: str = "union"
+    channels: str = "separate"
     max_iter: int | None = None
     seed: int = 0
     sample: SampleConfig | None = None
@@ -234,6 +239,11 @@ def load_field(path) -> FieldConfig:
             "every [[observation]] has a shift_prior_arcsec: the whole scene could move "
             "instead; leave it out of at least one, the astrometric reference"
         )
+    if all(o.calibration_prior is not None for o in observations):
+        top.fail(
+            "every [[observation]] has a calibration_prior: every spectrum could scale "
+            "instead; leave it out of at least one, the photometric reference"
+        )
     frame = _Table(top.get("frame", dict, {}), "[frame]", file, _FRAME_KEYS)
     fit = _Table(top.get("fit", dict, {}), "[fit]", file, _FIT_KEYS)
     sample = None
@@ -250,6 +260,7 @@ def load_field(path) -> FieldConfig:
         observations=observations,
         sources=_sources(top.get("sources", dict, {}), file, observations),
         coverage=frame.choice("coverage", ("union", "intersection"), "union"),
+        channels=frame.choice("channels", ("separate", "shared"), "separate"),
         max_iter=fit.count("max_iter", 1),
         seed=fit.get("seed", int, 0, what="an integer"),
         sample=sample,
@@ -271,6 +282,9 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
     shift = table.get("shift_prior_arcsec", (int, float), what="a number (arcsec)")
     if shift is not None and not 0 < shift < float("inf"):
         table.fail(f"shift_prior_arcsec in {table.where} must be positive; got {shift!r}")
+    calibration = table.get("calibration_prior", (int, float), what="a number (log width)")
+    if calibration is not None and not 0 < calibration < float("inf"):
+        table.fail(f"calibration_prior in {table.where} must be positive; got {calibration!r}")
     resample = table.get("resample", bool, False, what="true or false")
     noise = table.choice("noise", ("independent", "measured"), "independent")
     if resample and "noise" in table.values:
@@ -290,6 +304,7 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
         resample=resample,
         noise=noise,
         shift_prior_arcsec=None if shift is None else float(shift),
+        calibration_prior=None if calibration is None else float(calibration),
     )
 
 
@@ -575,7 +590,9 @@ def _stage_load(config, state, log):
 def _stage_frame(config, state, log):
     from .frame import Frame
 
-    state["frame"] = Frame.from_observations(state["native"], coverage=config.coverage)
+    state["frame"] = Frame.from_observations(
+        state["native"], coverage=config.coverage, channels=config.channels
+    )
     log(f"model frame {state['frame'].shape}, channels {', '.join(state['frame'].channels)}")
 
 
@@ -607,7 +624,12 @@ def _stage_fit(config, state, log):
         for c in config.observations
         if c.shift_prior_arcsec is not None
     }
-    state["model"] = SceneModel(state["scene"], state["models"], shifts=shifts)
+    calibrations = {
+        c.name: c.calibration_prior for c in config.observations if c.calibration_prior is not None
+    }
+    state["model"] = SceneModel(
+        state["scene"], state["models"], shifts=shifts, calibrations=calibrations
+    )
     fit = fit_map(state["model"], max_iter=config.max_iter, seed=config.seed)
     state["fit"] = fit
     log(

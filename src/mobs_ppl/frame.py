@@ -246,7 +246,7 @@ class Frame(eqx.Module):
         return self.wcs
 
     def channel_of(self, name: str) -> str:
-        """This frame's channel that an observation's channel ``name`` is (by ``channel_map``)."""
+        """The model channel that an observation's channel ``name`` is (by ``channel_map``)."""
         return dict(self.channel_map).get(name, name)
 
     def channel_indices(self, other: Frame) -> tuple[int, ...]:

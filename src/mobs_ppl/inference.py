@@ -38,7 +38,7 @@ __all__ = ["MAPResult", "PosteriorResult", "fit_map", "sample", "DEFAULT_STEP_SI
 #: Adam step sizes per kind of site, in the unconstrained space NumPyro optimises:
 #: spectra and radii live on a log scale, so 0.05 is a relative step of ~5% (the fit is
 #: therefore independent of the data's units); morphologies on a logit scale; centres
-#: and shifts in model pixels.
+#: and shifts in model pixels; photometric calibrations on a log scale (0.01: 1%).
 DEFAULT_STEP_SIZES = {
     "spectrum": 0.05,
     "morphology": 0.05,
@@ -48,6 +48,7 @@ DEFAULT_STEP_SIZES = {
     "shape": 0.02,
     "sersic_n": 0.02,
     "shift": 0.02,
+    "calibration": 0.01,
 }
 
 
@@ -116,6 +117,13 @@ class MAPResult:
     def shift_arcsec(self, name: str) -> np.ndarray:
         """Fitted shift ``(dy, dx)`` along the model pixel axes, arcsec."""
         return self.shift(name) * self.model.pixel_scale_arcsec
+
+    def calibration(self, name: str) -> np.ndarray:
+        """Fitted flux scale per channel of an observation (ones for a reference).
+
+        In the observation's channel order; see :meth:`SceneModel.calibration`.
+        """
+        return self.model.calibration(self.params, name)
 
     def deterministic(self) -> dict[str, np.ndarray]:
         """Deterministic sites (``flux``, ``shift_arcsec``, ...) at the fitted values."""
