@@ -311,3 +311,67 @@ def test_separate_channels_unchanged(observations):
     a = mp.Frame.from_observations([hst, hsc1])
     b = mp.Frame.from_observations([hst, hsc1], channels="shared")
     assert a.key == b.key
+
+
+def test_fit_and_scene_files_keep_calibration_and_channel_map(tmp_path, observations, joint):
+    model, fit, _ = joint
+    mp.save_fit(tmp_path / "fit.npz", fit)
+    loaded = mp.load_fit(tmp_path / "fit.npz", model)
+    np.testing.assert_array_equal(loaded.params["calibration"], fit.params["calibration"])
+    hst, hsc1, hsc2 = observations
+    renamed = mp.Observation(
+        np.asarray(hsc2.data),
+        weights=1.0,
+        psf=np.asarray(hsc2.psf),
+        wcs=hsc2.wcs,
+        channels=["HSC-g", "r"],
+        name="HSC2",
+    )
+    frame = mp.Frame.from_observations(
+        [hst, hsc1, renamed], channels="shared", channel_map={"HSC-g": "g"}
+    )
+    mp.save_scene(tmp_path / "scene.npz", initial_scene(frame))
+    again = mp.load_scene(tmp_path / "scene.npz").frame
+    assert again.channel_map == (("HSC-g", "g"),)
+    assert again.channel_indices(renamed.frame) == (1, 2)
+
+
+def test_arviz_dims_name_the_calibrated_observations_and_channels(joint):
+    from mobs_ppl.model import site_dims
+
+    model, _, _ = joint
+    dims, coords = site_dims(model)
+    assert dims["calibration"] == ["calibrated_observation", "calibrated_channel"]
+    assert coords["calibrated_observation"] == ["HSC2"]
+    assert coords["calibrated_channel"] == ["g", "r"]
+
+
+def test_field_file_reads_calibration_prior(tmp_path):
+    from mobs_ppl import field
+
+    for name in ("a.fits", "b.fits", "psf.fits"):
+        (tmp_path / name).touch()  # parsing checks that the files exist
+    table = """
+[frame]
+channels = "shared"
+[[observation]]
+name = "A"
+data = "a.fits"
+psf = "psf.fits"
+[[observation]]
+name = "B"
+data = "b.fits"
+psf = "psf.fits"
+calibration_prior = 0.05
+"""
+    (tmp_path / "field.toml").write_text(table)
+    config = field.load_field(tmp_path / "field.toml")
+    assert config.channels == "shared"
+    assert [o.calibration_prior for o in config.observations] == [None, 0.05]
+    both = table.replace('name = "A"', 'name = "A"\ncalibration_prior = 0.05')
+    (tmp_path / "field.toml").write_text(both)
+    with pytest.raises(ValueError, match="photometric reference"):
+        field.load_field(tmp_path / "field.toml")
+    (tmp_path / "field.toml").write_text(table.replace("0.05", "-1"))
+    with pytest.raises(ValueError, match="must be positive"):
+        field.load_field(tmp_path / "field.toml")
