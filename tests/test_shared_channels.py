@@ -375,3 +375,25 @@ calibration_prior = 0.05
     (tmp_path / "field.toml").write_text(table.replace("0.05", "-1"))
     with pytest.raises(ValueError, match="must be positive"):
         field.load_field(tmp_path / "field.toml")
+
+
+@pytest.mark.slow
+def test_nuts_samples_the_calibration_with_named_dims(joint):
+    """NUTS (spectra, shifts, calibration) against the Laplace approximation of the same sites.
+
+    200 draws: the Monte Carlo error of a mean is ~sd / sqrt(ESS) <= 0.15 sd for an ESS
+    of 50 and more, so 0.5 sd holds the means; the sd agree to 25% (its Monte Carlo error
+    ~1 / sqrt(2 ESS) = 10%, plus the posterior's departure from normal).
+    """
+    model, fit, _ = joint
+    sites = ["spectrum", "shift", "calibration"]
+    posterior = mp.sample(model, fit, sites=sites, num_warmup=100, num_samples=200, num_chains=1)
+    draws = np.asarray(posterior.samples()["calibration"])
+    approx = mp.laplace(model, fit, sites=sites)
+    sd = approx.sd("calibration")
+    assert np.all(np.abs(draws.mean(0) - np.asarray(fit.params["calibration"])) < 0.5 * sd)
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.25)
+    idata = posterior.to_arviz(log_likelihood="none")
+    variable = idata["posterior"]["calibration"]
+    assert variable.dims == ("chain", "draw", "calibrated_observation", "calibrated_channel")
+    assert list(variable.coords["calibrated_channel"].values) == ["g", "r"]

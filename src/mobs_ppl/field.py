@@ -296,7 +296,7 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
         name=name,
         data=table.file_path("data"),
         psf=table.file_path("psf"),
-        channels=table.strings("channels", ()),
+        channels=table.strings("channels") or (),  # absent: NAME_0, NAME_1, ...
         weights=weights if weights == "estimate" else table.file_path("weights"),
         hdu=table.count("hdu", 0),
         psf_hdu=table.count("psf_hdu", 0),
