@@ -397,3 +397,57 @@ def test_nuts_samples_the_calibration_with_named_dims(joint):
     variable = idata["posterior"]["calibration"]
     assert variable.dims == ("chain", "draw", "calibrated_observation", "calibrated_channel")
     assert list(variable.coords["calibrated_channel"].values) == ["g", "r"]
+
+
+def _faint_epoch(name, flux_scale, seed, wcs=None):
+    """An HSC-like epoch (PSF 0.6") of the galaxies at ``flux_scale`` times their flux."""
+    rng = np.random.default_rng(seed)
+    wcs = HSC_WCS[name] if wcs is None else wcs
+    tm = templates(wcs, HSC_SHAPE, HSC_SCALE, 0.6, SHIFTS[name])
+    cube = np.stack(
+        [sum(flux_scale * g[2][b] * ti for g, ti in zip(GALAXIES, tm, strict=True)) for b in BANDS]
+    )
+    cube = cube + rng.normal(0, NOISE["g"], cube.shape)
+    psf = psf_image(0.6, HSC_SCALE)
+    return mp.Observation(
+        cube,
+        weights=NOISE["g"] ** -2,
+        psf=np.stack([psf, psf]),
+        wcs=wcs,
+        channels=list(BANDS),
+        name=name,
+    )
+
+
+def test_joint_detection_image_of_two_epochs_on_one_grid():
+    """Two epochs on the same grid with equal noise: the S/N of the sum is sqrt(2) times
+    the mean of theirs, pixel by pixel (exact; resampling onto the same grid is the
+    identity to rounding)."""
+    from mobs_ppl.detection import detection_image
+
+    a = _faint_epoch("HSC1", 1.0, 1)
+    b = _faint_epoch("HSC2", 1.0, 2, wcs=HSC_WCS["HSC1"])
+    expected = (detection_image(a) + detection_image(b)) / np.sqrt(2.0)
+    np.testing.assert_allclose(detection_image([a, b]), expected, atol=1e-9)
+
+
+def test_joint_detection_finds_what_single_epochs_miss():
+    """Galaxies at 7% of their flux (peak S/N ~4 per epoch): over six seeds each epoch
+    alone detects them in at most a quarter of the cases, both together in most.
+
+    Fixed seeds; the counts measured when written: 2 of 12 single epochs, 5 of 6 joint.
+    With the second epoch ignored the joint count would be that of the first alone
+    (1 of 6), so the bounds (<= 3 of 12, >= 4 of 6) separate the two.
+    """
+    single, joint = 0, 0
+    for seed in range(6):
+        a = _faint_epoch("HSC1", 0.07, 10 + seed)
+        b = _faint_epoch("HSC2", 0.07, 20 + seed)
+        single += bool(mp.detection.detect_sources(a)) + bool(mp.detection.detect_sources(b))
+        found = mp.detection.detect_sources([a, b])
+        joint += bool(found)
+        for d in found:  # on the pixels of the first epoch, near a galaxy
+            near = [np.hypot(*np.subtract(d.center, galaxy_pixel(a.wcs, g[0]))) for g in GALAXIES]
+            assert min(near) * HSC_SCALE < 1.0, (d.center, near)
+    assert single <= 3
+    assert joint >= 4
