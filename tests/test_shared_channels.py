@@ -278,6 +278,7 @@ def _fisher_flux_sd(names, with_calibration: bool) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow  # a second fit and Laplace (~50 s, mostly compilation)
 def test_joint_error_bars_shrink_as_fisher_predicts(observations, joint):
     """sd_joint / sd_epoch1 of the HSC fluxes: measured (Laplace) against Fisher.
 
