@@ -440,3 +440,57 @@ def test_observations_given_in_memory_must_match_the_field(simulated):
     hst, hsc = field.load_observations(config)
     with pytest.raises(ValueError, match=r"do not match the field's observations \['HST', 'HSC'\]"):
         field.run_field(config, [hsc, hst])
+
+
+@pytest.mark.slow
+def test_fit_two_epochs_with_a_calibration(simulated):
+    """A second HSC epoch of the same bands, 4% brighter: shared channels and a scale.
+
+    The second epoch is the first one's noiseless images times 1.04 plus new noise
+    (drawn again by this test's own simulator, not by the package).
+    """
+    folder, _ = simulated
+    rng = np.random.default_rng(7)
+    hsc_wcs = _wcs(0.24, 10)
+    sky = [_wcs(0.06, 40).pixel_to_world(x, y) for (y, x), *_ in GALAXIES]
+    centres = []
+    for c in sky:
+        x, y = hsc_wcs.world_to_pixel(c)
+        centres.append((float(y) + TRUE_SHIFT[0], float(x) + TRUE_SHIFT[1]))
+    width = np.hypot(GALAXY_SIGMA / 4, 1.2)
+    epoch2 = 1.04 * np.stack(
+        [_gaussians(10, centres, [g[band] for g in GALAXIES], width) for band in (2, 3)]
+    )
+    epoch2 += rng.normal(0, 0.03, epoch2.shape)
+    fits.PrimaryHDU(epoch2, header=hsc_wcs.to_header()).writeto(folder / "hsc2.fits")
+    text = FIELD.replace('coverage = "union"', 'coverage = "union"\nchannels = "shared"')
+    text += textwrap.dedent(
+        """
+        [[observation]]
+        name = "HSC2"
+        data = "hsc2.fits"
+        psf = "psf_hsc.fits"
+        weights = "weights_hsc.fits"
+        channels = ["g", "r"]
+        resample = true
+        shift_prior_arcsec = 0.1
+        calibration_prior = 0.05
+        """
+    )
+    # [[observation]] tables must come before [sources] and [fit] in TOML order
+    head, tail = text.split("[sources]")
+    tail, extra = tail.split("\n[[observation]]\n")
+    text = head + "[[observation]]\n" + extra + "\n[sources]" + tail
+    out = folder / "out_epochs"
+    code = cli.main(["fit", str(_toml(folder, text, "epochs.toml")), "--out", str(out)])
+    assert code == 0
+    summary = _valid_summary(out)
+    assert summary["frame"]["channels"] == ["F814W", "g", "r"]  # g, r seen twice, one channel
+    epoch2 = summary["observations"]["HSC2"]
+    assert epoch2["calibration_sd_method"] == "laplace"
+    for band in ("g", "r"):
+        value, sd = epoch2["calibration"][band], epoch2["calibration_sd"][band]
+        assert 0 < sd < 0.05 and abs(value - 1.04) < 3 * sd
+        # chi2 of the scene as the brighter epoch sees it (calibration applied)
+        assert 0.7 < epoch2["chi2_dof"][band] < 1.3
+    assert "calibration" not in summary["observations"]["HSC"]  # the photometric reference

@@ -1,11 +1,15 @@
 """Multi-scale source detection with the starlet (isotropic undecimated wavelet) transform.
 
 The detection image is the inverse-variance weighted sum of an observation's channels,
-in units of its noise. The starlet transform (a trous algorithm with the B3-spline
-kernel ``[1, 4, 6, 4, 1] / 16``) splits it into scales of 1, 2, 4, ... pixels; a
-pixel is significant at a scale when its coefficient exceeds ``n_sigma`` times that
-scale's noise (measured by a robust sigma). Sources are connected regions of
-significant pixels (at least ``min_area``) and their peaks.
+in units of its noise; for several observations (e.g. epochs of the same bands) the
+weighted sums of the later ones are resampled onto the first one's grid (band-limited
+interpolation, :mod:`mobs_ppl.resample`) and added, with their noise variance, before
+the division: all observations of a band then contribute to one detection. The
+starlet transform (a trous algorithm with the B3-spline kernel ``[1, 4, 6, 4, 1] / 16``)
+splits it into scales of 1, 2, 4, ... pixels; a pixel is significant at a scale when
+its coefficient exceeds ``n_sigma`` times that scale's noise (measured by a robust
+sigma). Sources are connected regions of significant pixels (at least ``min_area``)
+and their peaks.
 
 ``image_type`` adapts the scales to the PSF: "space" data (PSF of one to a few pixels)
 use the finest scale; "ground" data (PSF of several pixels) start at the scale closest
@@ -15,11 +19,14 @@ to the PSF width, so that pixel noise does not make spurious detections.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from . import sky
 from .psf import psf_sigma
+from .resample import build_resampler
 from .robust import robust_sigma
 
 __all__ = [
@@ -98,13 +105,57 @@ def _noise_profiles(shape, scales: int) -> list[np.ndarray]:
     return out
 
 
-def detection_image(observation) -> np.ndarray:
-    """Channel sum weighted by inverse variance, divided by its noise (S/N per pixel)."""
+def _weighted_sum(observation) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_c w d`` and its variance ``sum_c w`` (independent pixels), ``(H, W)`` each."""
     data = np.asarray(observation.data, float)
     weights = np.asarray(observation.weights, float)
-    total = np.sum(weights * data, axis=0)
-    norm = np.sqrt(np.sum(weights, axis=0))
-    return np.where(norm > 0, total / np.where(norm > 0, norm, 1.0), 0.0)
+    return np.sum(weights * data, axis=0), np.sum(weights, axis=0)
+
+
+def _on_grid(observation, frame) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_weighted_sum` of ``observation`` resampled onto the pixels of ``frame``.
+
+    Zero (no signal, no variance) at pixels of ``frame`` whose centre lies outside the
+    observation's image, where the periodic interpolant would repeat the far edge.
+    """
+    total, variance = _weighted_sum(observation)
+    shape = frame.shape[1:]
+    resampler = build_resampler(observation.frame, frame.wcs, shape)
+    yy, xx = np.indices(shape, dtype=float)
+    y, x = sky.pixel_to_pixel(frame.wcs, observation.wcs, yy.ravel(), xx.ravel())
+    _, h, w = observation.shape
+    inside = ((y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5)).reshape(shape)
+    total = np.asarray(resampler(total[None]))[0]
+    variance = np.asarray(resampler.variance(variance[None]))[0]
+    return np.where(inside, total, 0.0), np.where(inside, variance, 0.0)
+
+
+def detection_image(observation) -> np.ndarray:
+    """Channel sum weighted by inverse variance, divided by its noise (S/N per pixel).
+
+    Parameters
+    ----------
+    observation : Observation, CorrelatedObservation, or a sequence of them
+        For a sequence (several epochs of a field), the image is on the first one's
+        pixels: every later observation's weighted sum and its variance are resampled
+        onto them and added (only where its image covers them), so that the S/N of a
+        source seen by all of them grows as in a stack. The resampled noise is
+        correlated between pixels; :func:`detect_sources` measures the noise of every
+        wavelet scale from the image itself.
+    """
+    observations = list(observation) if isinstance(observation, Sequence) else [observation]
+    if not observations:
+        raise ValueError("detection_image needs at least one observation")
+    total, variance = _weighted_sum(observations[0])
+    for later in observations[1:]:
+        if later.wcs is None or observations[0].wcs is None:
+            raise ValueError(
+                "detection on several observations needs the WCS of each, to bring them "
+                f"onto the pixels of the first ({observations[0].name!r})"
+            )
+        t, v = _on_grid(later, observations[0].frame)
+        total, variance = total + t, variance + v
+    return np.where(variance > 0, total / np.sqrt(np.where(variance > 0, variance, 1.0)), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +210,10 @@ def detect_sources(
 
     Parameters
     ----------
-    observation : Observation or CorrelatedObservation
-        Data and weights.
+    observation : Observation or CorrelatedObservation, or a sequence of them
+        Data and weights. A sequence (e.g. the epochs of one band) is detected on
+        jointly, on the first one's pixels (see :func:`detection_image`), whose PSF
+        sets the scales of ``image_type``.
     image_type : {"space", "ground"}
         Adapts the finest wavelet scale used to the PSF width (see module docstring).
     n_sigma : float
@@ -182,13 +235,14 @@ def detect_sources(
     Returns
     -------
     list of Detection
-        Brightest first.
+        Brightest first, in the pixels of the (first) observation.
     """
     image = detection_image(observation)
+    reference = observation[0] if isinstance(observation, Sequence) else observation
     if not np.any(image != 0):
-        raise ValueError(f"observation {observation.name!r} has no data to detect on (all zero)")
+        raise ValueError(f"observation {reference.name!r} has no data to detect on (all zero)")
     coefficients = starlet_transform(image, scales)
-    first = _first_scale(observation, image_type)
+    first = _first_scale(reference, image_type)
     significant = np.zeros(image.shape, bool)
     profiles = _noise_profiles(image.shape, scales)
     for j in range(first, scales):

@@ -40,7 +40,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _TOP_KEYS = ("frame", "observation", "sources", "fit", "sample")
-_FRAME_KEYS = ("coverage",)
+_FRAME_KEYS = ("coverage", "channels")
 _OBSERVATION_KEYS = (
     "name",
     "data",
@@ -53,6 +53,7 @@ _OBSERVATION_KEYS = (
     "resample",
     "noise",
     "shift_prior_arcsec",
+    "calibration_prior",
 )
 _SOURCES_KEYS = ("detect_on", "catalog", "image_type", "n_sigma")
 _FIT_KEYS = ("max_iter", "seed")
@@ -64,9 +65,10 @@ class ObservationConfig:
     """One ``[[observation]]`` table: files (absolute paths) and settings.
 
     ``weights`` is ``"estimate"`` or the path of a FITS file of inverse variances;
-    ``shift_prior_arcsec`` is ``None`` for an astrometric reference. ``data`` and
-    ``psf`` are ``None`` for an observation given in memory (``fit_field(...,
-    observations=...)``, as ``mobs-ppl demo`` does).
+    ``shift_prior_arcsec`` is ``None`` for an astrometric reference,
+    ``calibration_prior`` (the LogNormal width of a photometric scale per channel) for a
+    photometric one. ``data`` and ``psf`` are ``None`` for an observation given in
+    memory (``fit_field(..., observations=...)``, as ``mobs-ppl demo`` does).
     """
 
     name: str
@@ -80,6 +82,7 @@ class ObservationConfig:
     resample: bool = False
     noise: str = "independent"
     shift_prior_arcsec: float | None = None
+    calibration_prior: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +118,7 @@ class FieldConfig:
     observations: tuple[ObservationConfig, ...]
     sources: SourcesConfig
     coverage: str = "union"
+    channels: str = "separate"
     max_iter: int | None = None
     seed: int = 0
     sample: SampleConfig | None = None
@@ -244,6 +248,11 @@ def load_field(path) -> FieldConfig:
             "every [[observation]] has a shift_prior_arcsec: the whole scene could move "
             "instead; leave it out of at least one, the astrometric reference"
         )
+    if all(o.calibration_prior is not None for o in observations):
+        top.fail(
+            "every [[observation]] has a calibration_prior: every spectrum could scale "
+            "instead; leave it out of at least one, the photometric reference"
+        )
     frame = _Table(top.get("frame", dict, {}), "[frame]", file, _FRAME_KEYS)
     fit = _Table(top.get("fit", dict, {}), "[fit]", file, _FIT_KEYS)
     sample = None
@@ -260,6 +269,7 @@ def load_field(path) -> FieldConfig:
         observations=observations,
         sources=_sources(top.get("sources", dict, {}), file, observations),
         coverage=frame.choice("coverage", ("union", "intersection"), "union"),
+        channels=frame.choice("channels", ("separate", "shared"), "separate"),
         max_iter=fit.count("max_iter", 1),
         seed=fit.get("seed", int, 0, what="an integer"),
         sample=sample,
@@ -281,6 +291,9 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
     shift = table.get("shift_prior_arcsec", (int, float), what="a number (arcsec)")
     if shift is not None and not 0 < shift < float("inf"):
         table.fail(f"shift_prior_arcsec in {table.where} must be positive; got {shift!r}")
+    calibration = table.get("calibration_prior", (int, float), what="a number (log width)")
+    if calibration is not None and not 0 < calibration < float("inf"):
+        table.fail(f"calibration_prior in {table.where} must be positive; got {calibration!r}")
     resample = table.get("resample", bool, False, what="true or false")
     noise = table.choice("noise", ("independent", "measured"), "independent")
     if resample and "noise" in table.values:
@@ -292,7 +305,7 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
         name=name,
         data=table.file_path("data"),
         psf=table.file_path("psf"),
-        channels=table.strings("channels", ()),
+        channels=table.strings("channels") or (),  # absent: NAME_0, NAME_1, ...
         weights=weights if weights == "estimate" else table.file_path("weights"),
         hdu=table.count("hdu", 0),
         psf_hdu=table.count("psf_hdu", 0),
@@ -300,6 +313,7 @@ def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
         resample=resample,
         noise=noise,
         shift_prior_arcsec=None if shift is None else float(shift),
+        calibration_prior=None if calibration is None else float(calibration),
     )
 
 
@@ -702,7 +716,9 @@ def _stage_load(config, state, log):
 def _stage_frame(config, state, log):
     from .frame import Frame
 
-    state["frame"] = Frame.from_observations(state["native"], coverage=config.coverage)
+    state["frame"] = Frame.from_observations(
+        state["native"], coverage=config.coverage, channels=config.channels
+    )
     log(f"model frame {state['frame'].shape}, channels {', '.join(state['frame'].channels)}")
 
 
@@ -734,7 +750,12 @@ def _stage_fit(config, state, log):
         for c in config.observations
         if c.shift_prior_arcsec is not None
     }
-    state["model"] = SceneModel(state["scene"], state["models"], shifts=shifts)
+    calibrations = {
+        c.name: c.calibration_prior for c in config.observations if c.calibration_prior is not None
+    }
+    state["model"] = SceneModel(
+        state["scene"], state["models"], shifts=shifts, calibrations=calibrations
+    )
     fit = fit_map(
         state["model"],
         max_iter=config.max_iter,
@@ -819,6 +840,26 @@ def _choose_sd(nuts, laplace, state):
     return None, None
 
 
+def _calibration_entry(state, name: str, obs) -> dict:
+    """Fitted photometric scale per channel of a calibrated observation, with its sd."""
+    import numpy as np
+
+    model, fit = state["model"], state["fit"]
+    k = model.calibration_names.index(name)
+    columns = [
+        model.calibrated_channels.index(i) for i in fit.scene.frame.channel_indices(obs.frame)
+    ]
+    laplace = None if state["laplace"] is None else state["laplace"].sd("calibration")[k]
+    nuts = _posterior_sd(state["idata"], "calibration")
+    sd, method = _choose_sd(None if nuts is None else nuts[k], laplace, state)
+    entry = {"calibration": dict(zip(obs.channels, map(float, fit.calibration(name)), strict=True))}
+    if sd is not None:
+        sd = np.asarray(sd)[columns]
+        entry["calibration_sd"] = dict(zip(obs.channels, _finite_or_none(sd), strict=True))
+        entry["calibration_sd_method"] = method
+    return entry
+
+
 def _flux_errors(state):
     """``(groups, channels)`` flux sd and its method (see :func:`_choose_sd`)."""
     laplace = None if state["laplace"] is None else state["laplace"].sd("flux")
@@ -844,8 +885,10 @@ def _summary(config, state, timing) -> dict:
             "pixel_scale_arcsec": float(obs.frame.pixel_scale.to_value("arcsec")),
             "role": "reference" if native is None else "shifted",
             "noise": "resampled" if c.resample else c.noise,
-            "chi2_dof": measure.goodness_of_fit(scene, obs, shift=native),
+            "chi2_dof": measure.goodness_of_fit(fit.scene_seen_by(c.name), obs, shift=native),
         }
+        if c.name in model.calibration_names:
+            observations[c.name].update(_calibration_entry(state, c.name, obs))
         if native is None:
             continue
         k = model.shift_names.index(c.name)
@@ -957,7 +1000,7 @@ def _write(out_dir: pathlib.Path, state) -> None:
     for obs in state["native"]:
         native = fit.shift_native(obs.name) if obs.name in model.shift_names else None
         fig = plot.scene(
-            fit.scene,
+            fit.scene_seen_by(obs.name),
             observation=obs,
             shift=native,
             norm=plot.AsinhAutomaticNorm(obs),

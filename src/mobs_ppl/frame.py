@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import astropy.units as u
 import equinox as eqx
@@ -20,6 +20,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from . import fourier, sky
+from ._checks import check_choice
 from .psf import check_psf, gaussian_psf
 
 __all__ = [
@@ -29,7 +30,14 @@ __all__ = [
     "centre_separation",
     "MIN_MODEL_PSF_SIGMA",
     "MAX_FRAME_PIXELS",
+    "CHANNEL_MODES",
 ]
+
+#: How :meth:`Frame.from_observations` joins the channels of several observations:
+#: ``"separate"`` gives every observation's channels their own model channels (names
+#: must then differ), ``"shared"`` lets the observations whose channel names match (after
+#: ``channel_map``) see one model channel.
+CHANNEL_MODES = ("separate", "shared")
 
 #: Largest model frame (pixels per channel) that :meth:`Frame.from_observations` builds
 #: unless asked for more: 10^4 x 10^4 pixels, a 5' field at HST's 0.03"/px, larger
@@ -162,6 +170,13 @@ class Frame(eqx.Module):
         PSF image ``(h, w)`` or ``(channels, h, w)`` in this frame's pixels, normalised
         to one and centred on the array centre (fixed with a warning otherwise).
         ``None`` means the images are not convolved beyond what the frame itself holds.
+    channel_map : mapping, optional
+        ``{observation channel name: channel of this frame}`` for observations whose
+        bands carry other names than the model's (e.g. ``{"HSC-i": "i"}``): the one
+        place where an observation's channel names are translated into the model's
+        (:meth:`channel_of`, :meth:`channel_indices`, :meth:`map_channels`). Every
+        target must be a channel of this frame; a name that is itself a channel of
+        this frame cannot be mapped.
     """
 
     shape: tuple[int, int, int] = eqx.field(static=True)
@@ -169,8 +184,10 @@ class Frame(eqx.Module):
     wcs_key: sky.WCSKey | None = eqx.field(static=True)
     channels: tuple[str, ...] = eqx.field(static=True)
     psf: jax.Array | None
+    # ((observation channel name, channel of this frame), ...), sorted
+    channel_map: tuple[tuple[str, str], ...] = eqx.field(static=True)
 
-    def __init__(self, shape, wcs=None, channels=None, psf=None):
+    def __init__(self, shape, wcs=None, channels=None, psf=None, channel_map=None):
         shape = tuple(int(s) for s in shape)
         if len(shape) == 2:
             shape = (1, *shape)
@@ -192,6 +209,7 @@ class Frame(eqx.Module):
             raise ValueError(f"channel names must be unique; got {channels}")
         self.channels = channels
         self.psf = None if psf is None else jnp.asarray(check_psf(psf, shape[0]))
+        self.channel_map = _check_channel_map(channel_map, channels)
 
     @property
     def key(self) -> tuple:
@@ -203,7 +221,7 @@ class Frame(eqx.Module):
         if self.psf is not None:
             array = np.ascontiguousarray(np.asarray(self.psf))
             psf = (array.shape, array.dtype.str, hashlib.sha1(array.tobytes()).hexdigest())
-        return (self.shape, self.wcs_key, self.channels, psf)
+        return (self.shape, self.wcs_key, self.channels, self.channel_map, psf)
 
     @property
     def wcs(self) -> WCS | None:
@@ -227,18 +245,43 @@ class Frame(eqx.Module):
             )
         return self.wcs
 
+    def channel_of(self, name: str) -> str:
+        """The model channel that an observation's channel ``name`` is (by ``channel_map``)."""
+        return dict(self.channel_map).get(name, name)
+
+    def channel_indices(self, other: Frame) -> tuple[int, ...]:
+        """Index in this frame of every channel of ``other`` (through ``channel_map``).
+
+        Raises
+        ------
+        ValueError
+            If a channel of ``other`` is not in this frame.
+        """
+        names = [self.channel_of(c) for c in other.channels]
+        missing = [c for c, n in zip(other.channels, names, strict=True) if n not in self.channels]
+        if missing:
+            raise ValueError(
+                f"channels {missing} of the observation are not in the model frame "
+                f"{self.channels}; build the frame from this observation too (or map them "
+                "to the model's channels with channel_map)"
+            )
+        return tuple(self.channels.index(n) for n in names)
+
     def map_channels(self, other: Frame) -> dict[int, int]:
-        """Channels shared with another frame, by name.
+        """Channels shared with another frame, by name (through ``channel_map``).
 
         Returns
         -------
         dict
-            ``{index in this frame: index in other}`` for every channel name of this
-            frame that ``other`` also has.
+            ``{index in this frame: index in other}`` for every channel of this frame
+            that ``other`` also has (under its own or a mapped name).
         """
-        return {
-            i: other.channels.index(c) for i, c in enumerate(self.channels) if c in other.channels
-        }
+        out = {}
+        for j, c in enumerate(other.channels):
+            name = self.channel_of(c)
+            if name in self.channels:
+                out.setdefault(self.channels.index(name), j)
+        return dict(sorted(out.items()))
 
     def pixel_to_sky(self, y, x):
         """Sky position (``SkyCoord``) of pixel coordinates ``(y, x)`` of this frame."""
@@ -265,6 +308,8 @@ class Frame(eqx.Module):
         coverage: str = "union",
         psf=None,
         max_pixels: int = MAX_FRAME_PIXELS,
+        channels: str = "separate",
+        channel_map: Mapping[str, str] | None = None,
     ) -> Frame:
         """Model frame for a set of observations.
 
@@ -281,19 +326,36 @@ class Frame(eqx.Module):
             observation sees, so that PSF matching never amplifies noise.
         max_pixels : int
             Largest frame (pixels per channel) built; see :data:`MAX_FRAME_PIXELS`.
+        channels : {"separate", "shared"}
+            ``"separate"`` (default): the observations' channels are concatenated, and
+            their names must differ. ``"shared"``: observations whose channel names
+            match (after ``channel_map``) see one model channel, so one spectrum entry
+            per source is constrained by all of them (several epochs of a survey, two
+            visits of one camera). Sharing asserts that the bands are the same
+            (bandpass and flux units up to a calibration, see ``calibrations`` of
+            :class:`~mobs_ppl.SceneModel`), hence not the default.
+        channel_map : mapping, optional
+            With ``channels="shared"``: ``{observation channel name: model channel}``
+            for bands named differently in different observations, e.g.
+            ``{"HSC-i": "i"}`` when another observation names that band ``"i"``. Every
+            target must be a channel name that some observation has unmapped.
 
         Returns
         -------
         Frame
             Pixels of the finest observation (its WCS orientation and grid, extended
-            to the requested coverage), channels concatenated in input order.
+            to the requested coverage); channels in order of first appearance (input
+            order), with ``channel_map`` kept so that every observation finds its
+            channels (:meth:`channel_indices`).
 
         Raises
         ------
         ValueError
             If the observations do not all share sky (each must overlap another, in a
-            chain) for ``coverage="intersection"``, or if the frame would have more
-            than ``max_pixels`` pixels per channel.
+            chain) for ``coverage="intersection"``, if the frame would have more
+            than ``max_pixels`` pixels per channel, if channel names repeat with
+            ``channels="separate"``, or if ``channel_map`` names a channel no
+            observation has or maps to one that is not a model channel.
 
         Warns
         -----
@@ -310,6 +372,8 @@ class Frame(eqx.Module):
             raise ValueError("from_observations needs at least one observation")
         if coverage not in ("union", "intersection"):
             raise ValueError(f"coverage must be 'union' or 'intersection', got {coverage!r}")
+        check_choice("channels", channels, CHANNEL_MODES)
+        model_channels, kept_map = _joined_channels(frames, names, channels, channel_map)
         for f, name in zip(frames, names, strict=True):
             if f.wcs is None:
                 raise ValueError(
@@ -360,15 +424,88 @@ class Frame(eqx.Module):
                 "to model, or pass a larger max_pixels"
             )
         wcs = sky.sub_grid_wcs(base, y0, x0)
-        channels = tuple(c for f in frames for c in f.channels)
-        if len(set(channels)) != len(channels):
-            raise ValueError(
-                f"channel names repeat across observations: {channels}; give each "
-                "observation distinct channel names (e.g. 'HSC-g' and 'DECam-g')"
-            )
         if psf is None:
             psf = gaussian_psf(_model_psf_sigma(frames, base))
-        return cls((len(channels), height, width), wcs=wcs, channels=channels, psf=psf)
+        return cls(
+            (len(model_channels), height, width),
+            wcs=wcs,
+            channels=model_channels,
+            psf=psf,
+            channel_map=kept_map,
+        )
+
+
+def _check_channel_map(channel_map, channels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``channel_map`` as sorted pairs, or an error naming the bad entry."""
+    if channel_map is None:
+        return ()
+    if not isinstance(channel_map, Mapping):
+        raise TypeError(
+            "channel_map must be a mapping {observation channel name: model channel}, "
+            f"e.g. {{'HSC-i': 'i'}}; got {channel_map!r}"
+        )
+    pairs = []
+    for key, target in channel_map.items():
+        if not (isinstance(key, str) and isinstance(target, str)):
+            raise TypeError(f"channel_map must map names (str) to names; got {key!r}: {target!r}")
+        if target not in channels:
+            raise ValueError(
+                f"channel_map maps {key!r} to {target!r}, which is not a model channel "
+                f"{channels}; map it to one of those names"
+            )
+        if key in channels and key != target:
+            raise ValueError(
+                f"channel_map maps {key!r} to {target!r}, but {key!r} is itself a model "
+                f"channel {channels}: a name can mean one channel only"
+            )
+        if key != target:
+            pairs.append((key, target))
+    return tuple(sorted(pairs))
+
+
+def _joined_channels(frames, names, mode: str, channel_map):
+    """Model channel names (first appearance) and the mapping the model frame keeps."""
+    if mode == "separate":
+        if channel_map:
+            raise ValueError(
+                "channel_map says which bands are the same, so it needs channels='shared'"
+            )
+        joined = tuple(c for f in frames for c in f.channels)
+        if len(set(joined)) != len(joined):
+            raise ValueError(
+                f"channel names repeat across observations: {joined}; pass "
+                "channels='shared' if the same names are the same bands (one model "
+                "channel seen by every observation of it), else give each observation "
+                "distinct channel names (e.g. 'HSC-g' and 'DECam-g')"
+            )
+        return joined, None
+    if channel_map is not None and not isinstance(channel_map, Mapping):
+        _check_channel_map(channel_map, ())  # raises the TypeError
+    mapping = dict(channel_map or {})
+    seen = {c for f in frames for c in f.channels}
+    unknown = [k for k in mapping if k not in seen]
+    if unknown:
+        raise ValueError(
+            f"channel_map names channels {unknown} that no observation has; the "
+            f"observations' channels are {sorted(seen)}"
+        )
+    joined = []
+    for f, name in zip(frames, names, strict=True):
+        own = [mapping.get(c, c) for c in f.channels]
+        if len(set(own)) != len(own):
+            raise ValueError(
+                f"observation {name} has channels {f.channels} that channel_map makes "
+                f"{tuple(own)}: two of its channels would be one model channel"
+            )
+        joined.extend(c for c in own if c not in joined)
+    targets = {c for f in frames for c in f.channels if mapping.get(c, c) == c}
+    for key, target in mapping.items():
+        if target not in targets:
+            raise ValueError(
+                f"channel_map maps {key!r} to {target!r}, which is not a channel of any "
+                f"observation (unmapped: {sorted(targets)}); map it to one of those"
+            )
+    return tuple(joined), mapping
 
 
 def relative_jacobian(frame_a: Frame, frame_b: Frame, method: str = "local") -> np.ndarray:

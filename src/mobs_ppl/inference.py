@@ -38,7 +38,7 @@ __all__ = ["MAPResult", "PosteriorResult", "fit_map", "sample", "DEFAULT_STEP_SI
 #: Adam step sizes per kind of site, in the unconstrained space NumPyro optimises:
 #: spectra and radii live on a log scale, so 0.05 is a relative step of ~5% (the fit is
 #: therefore independent of the data's units); morphologies on a logit scale; centres
-#: and shifts in model pixels.
+#: and shifts in model pixels; photometric calibrations on a log scale (0.01: 1%).
 DEFAULT_STEP_SIZES = {
     "spectrum": 0.05,
     "morphology": 0.05,
@@ -48,6 +48,7 @@ DEFAULT_STEP_SIZES = {
     "shape": 0.02,
     "sersic_n": 0.02,
     "shift": 0.02,
+    "calibration": 0.01,
 }
 
 
@@ -116,6 +117,34 @@ class MAPResult:
     def shift_arcsec(self, name: str) -> np.ndarray:
         """Fitted shift ``(dy, dx)`` along the model pixel axes, arcsec."""
         return self.shift(name) * self.model.pixel_scale_arcsec
+
+    def calibration(self, name: str) -> np.ndarray:
+        """Fitted flux scale per channel of an observation (ones for a reference).
+
+        In the observation's channel order; see :meth:`SceneModel.calibration`.
+        """
+        return self.model.calibration(self.params, name)
+
+    def scene_seen_by(self, name: str):
+        """The fitted scene as observation ``name`` sees it: spectra times its calibration.
+
+        For a calibrated observation (``SceneModel(..., calibrations=...)``) every
+        source's spectrum is scaled, per model channel, by that observation's fitted
+        calibration, so that rendering into it (plots, chi-square) predicts its data;
+        for a reference observation, :attr:`scene` itself.
+        """
+        import equinox as eqx
+
+        if name not in self.model.calibration_names:
+            return self.scene
+        names = [o.name for o in self.model.observations]
+        frame = self.scene.frame
+        index = list(frame.channel_indices(self.model.observations[names.index(name)].frame))
+        scale = np.ones(frame.n_channels)
+        scale[index] = self.calibration(name)
+        return self.scene.replace_sources(
+            [eqx.tree_at(lambda s: s.spectrum, s, s.spectrum * scale) for s in self.scene.sources]
+        )
 
     def deterministic(self) -> dict[str, np.ndarray]:
         """Deterministic sites (``flux``, ``shift_arcsec``, ...) at the fitted values."""

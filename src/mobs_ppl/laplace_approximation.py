@@ -86,15 +86,17 @@ def unconstrained_problem(
 
 
 #: Derived quantities whose marginal covariance every Laplace approximation holds.
-SUMMARY_SITES = ("shift", "flux")
+SUMMARY_SITES = ("shift", "calibration", "flux")
 
 
 def _summary(problem: UnconstrainedProblem, u) -> jax.Array:
-    """Flat vector of the summary quantities at ``u``: shifts, then log fluxes."""
+    """Flat vector of the summary quantities at ``u``: shifts, log calibrations, log fluxes."""
     values = problem.coordinates.derived(problem.values(u))
     parts = []
     if "shift" in values:
         parts.append(jnp.ravel(values["shift"]))
+    if "calibration" in values:
+        parts.append(jnp.ravel(jnp.log(values["calibration"])))
     parts.append(jnp.ravel(jnp.log(values["flux"])))
     return jnp.concatenate(parts)
 
@@ -118,8 +120,9 @@ class LaplaceApproximation:
         computed densely (at most :data:`MAX_DENSE_PARAMETERS` parameters); ``None``
         for the matrix-free approximation of larger problems.
     summary_covariance : ndarray
-        Covariance of the summary vector: every shift (model pixels, flattened), then
-        the log of every flux (``(sources, channels)``, flattened) -- the marginal
+        Covariance of the summary vector: every shift (model pixels, flattened), the
+        log of every photometric calibration (flattened; when approximated), then the
+        log of every flux (``(sources, channels)``, flattened) -- the marginal
         covariance, every approximated site free.
     summary_mean : ndarray
         The summary vector at the centre.
@@ -146,8 +149,16 @@ class LaplaceApproximation:
         """Whether some sites were held fixed (the error bars are then conditional)."""
         return bool(self.fixed)
 
-    def _split(self, flat):
+    def _counts(self) -> tuple[int, int]:
+        """Lengths of the shift and the calibration blocks of the summary vector."""
         n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
+        n_cal = 0
+        if "calibration" in self.sites:
+            n_cal = len(self.model.calibration_names) * len(self.model.calibrated_channels)
+        return n_shift, n_cal
+
+    def _split(self, flat):
+        n_shift, n_cal = self._counts()
         out = {}
         if n_shift:
             shift = flat[..., :n_shift].reshape((*flat.shape[:-1], -1, 2))
@@ -157,8 +168,13 @@ class LaplaceApproximation:
             )
             out["shift_native"] = np.einsum("kij,...kj->...ki", to_native, shift)
             out["shift_arcsec"] = shift * self.model.pixel_scale_arcsec
+        if n_cal:
+            out["calibration"] = np.exp(flat[..., n_shift : n_shift + n_cal]).reshape(
+                (*flat.shape[:-1], len(self.model.calibration_names), -1)
+            )
         n_groups = self.model.scene.n_groups
-        out["flux"] = np.exp(flat[..., n_shift:]).reshape((*flat.shape[:-1], n_groups, -1))
+        log_flux = flat[..., n_shift + n_cal :]
+        out["flux"] = np.exp(log_flux).reshape((*flat.shape[:-1], n_groups, -1))
         return out
 
     def draws(self, num_samples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
@@ -199,14 +215,20 @@ class LaplaceApproximation:
 
         Parameters
         ----------
-        name : {"shift", "shift_native", "shift_arcsec", "flux"}
+        name : {"shift", "shift_native", "shift_arcsec", "calibration", "flux"}
             ``shift`` in model pixels, ``shift_native`` in each observation's native
-            pixels, ``shift_arcsec`` along the model pixel axes; ``flux`` per source and
-            channel (the flux times the sd of its logarithm).
+            pixels, ``shift_arcsec`` along the model pixel axes; ``calibration`` per
+            calibrated observation and channel, and ``flux`` per source and channel
+            (each the value times the sd of its logarithm).
         """
         if name == "flux":
             return self._flux_sd()
-        n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
+        n_shift, n_cal = self._counts()
+        if name == "calibration" and n_cal:
+            block = slice(n_shift, n_shift + n_cal)
+            log_sd = np.sqrt(np.diag(self.summary_covariance))[block]
+            value = np.exp(self.summary_mean[block])
+            return (value * log_sd).reshape(len(self.model.calibration_names), -1)
         shift_sd = np.sqrt(np.diag(self.summary_covariance))[:n_shift].reshape(-1, 2)
         if name == "shift" and n_shift:
             return shift_sd
@@ -222,13 +244,14 @@ class LaplaceApproximation:
                 out.append(np.sqrt(np.diag(a @ block @ a.T)))
             return np.array(out)
         raise KeyError(
-            f"no marginal sd of {name!r}; known: shift, shift_native, shift_arcsec, flux"
+            f"no marginal sd of {name!r}; known: shift, shift_native, shift_arcsec, "
+            "calibration, flux"
         )
 
     def _flux_sd(self) -> np.ndarray:
-        n_shift = 2 * len(self.model.shift_names) if "shift" in self.sites else 0
-        log_sd = np.sqrt(np.diag(self.summary_covariance))[n_shift:]
-        flux = np.exp(self.summary_mean[n_shift:])
+        start = sum(self._counts())
+        log_sd = np.sqrt(np.diag(self.summary_covariance))[start:]
+        flux = np.exp(self.summary_mean[start:])
         return (flux * log_sd).reshape(self.model.scene.n_groups, -1)
 
 

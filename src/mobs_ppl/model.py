@@ -25,8 +25,17 @@ sersic_n_i     ()
 shift          (shifted observations, 2)      observation, axis (model pixels)
 shift_arcsec   (shifted observations, 2)      observation, axis (deterministic)
 shift_native   (shifted observations, 2)      observation, axis (native pixels)
+calibration    (calibrated observations,      calibrated_observation,
+               calibrated channels)           calibrated_channel (flux scale)
 obs_<name>     observation's (native) shape   channel_<name>, y_<name>, x_<name>
 ============== ============================== ==================================
+
+Calibration convention: ``calibration[k, c]`` multiplies the model fluxes that the
+``k``-th calibrated observation sees in its channel ``c`` (a model channel, see
+:attr:`SceneModel.calibrated_channels`): the data of that observation are
+``calibration`` times brighter than the reference observations (those without one)
+say. Its prior is LogNormal(0, width) per entry; the reference observations' scale is
+fixed to one.
 
 Shift convention: ``shift`` is where sources appear in that observation minus where
 its WCS puts them, in model-frame pixels ``(dy, dx)``, positive toward larger pixel
@@ -46,6 +55,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from ._checks import check_positive
 from .envelope import ENVELOPE_PARAMETERS
 from .frame import overlap_fraction
 from .observation import FramedData
@@ -70,6 +80,9 @@ def scene_model(
     pixel_scale_arcsec: float = 1.0,
     observed: bool = True,
     likelihood: bool = True,
+    calibration_names: Sequence[str] = (),
+    calibration_widths=None,
+    calibrated_channels: Sequence[int] = (),
 ):
     """NumPyro model of a scene seen by several observations.
 
@@ -96,6 +109,12 @@ def scene_model(
     likelihood : bool
         ``False`` leaves out the observations (no rendering): the prior alone, with the
         deterministic sites.
+    calibration_names : sequence of str
+        Observations whose photometric scale is sampled (site ``calibration``).
+    calibration_widths : array_like
+        LogNormal width of each one's scale (natural log).
+    calibrated_channels : sequence of int
+        Model channels those observations see (the ``calibration`` site's columns).
     """
     priors = dict(priors or {})
     frame = scene.frame
@@ -123,14 +142,80 @@ def scene_model(
         native = jnp.stack([to_native[n] @ shift[k] for k, n in enumerate(shift_names)])
         numpyro.deterministic("shift_native", native)
         shifts = {n: shift[k] for k, n in enumerate(shift_names)}
+    scales = {}
+    if calibration_names:
+        calibration = numpyro.sample(
+            "calibration",
+            priors.get(
+                "calibration",
+                _calibration_prior(calibration_widths, len(calibrated_channels)),
+            ),
+        )
+        index = jnp.asarray(calibrated_channels)
+        for k, name in enumerate(calibration_names):
+            # a flux scale per model channel: one on the channels it does not calibrate
+            scales[name] = jnp.ones(frame.n_channels).at[index].set(calibration[k])
     if not likelihood:
         return
     cube = realised.render(convolve=False)
     for obs in observations:
+        # rendering is linear: scaling the model cube's channels scales the prediction
+        seen = cube if obs.name not in scales else cube * scales[obs.name][:, None, None]
         # the shift stays in model pixels all the way to the renderer's phase
-        distribution, value = obs.likelihood(cube, shifts.get(obs.name), convolved=False)
+        distribution, value = obs.likelihood(seen, shifts.get(obs.name), convolved=False)
         site = observed_site_name(obs.name)
         numpyro.sample(site, distribution, obs=value if observed else None)
+
+
+def _calibration_prior(widths, n_channels: int) -> dist.Distribution:
+    """LogNormal(0, width) for every (calibrated observation, channel) entry."""
+    scale = jnp.asarray(widths)[:, None] * jnp.ones((1, n_channels))
+    return dist.LogNormal(0.0, scale).to_event(2)
+
+
+def _check_calibrations(calibrations, frame, observations):
+    """``(names, widths, model channels)`` of the calibrated observations, checked."""
+    names = [o.name for o in observations]
+    if calibrations is None:
+        return (), (), ()
+    if not isinstance(calibrations, Mapping):
+        raise TypeError(
+            "calibrations must be a mapping {observation name: LogNormal width}, e.g. "
+            f"{{{names[-1]!r}: 0.05}}; got {calibrations!r}"
+        )
+    unknown = [n for n in calibrations if n not in names]
+    if unknown:
+        raise ValueError(f"calibrations name unknown observations {unknown}; known: {names}")
+    if not calibrations:
+        return (), (), ()
+    if len(calibrations) == len(names):
+        raise ValueError(
+            "a calibration for every observation is degenerate (every spectrum could scale "
+            "instead): leave at least one observation as the photometric reference"
+        )
+    chosen = tuple(n for n in names if n in calibrations)
+    widths = tuple(check_positive(f"calibrations[{n!r}]", calibrations[n]) for n in chosen)
+    seen = {o.name: frame.channel_indices(o.frame) for o in observations}
+    columns = sorted({c for n in chosen for c in seen[n]})
+    for n in chosen:
+        if sorted(seen[n]) != columns:
+            raise ValueError(
+                f"the calibrated observations see different channels "
+                f"({ {m: [frame.channels[c] for c in seen[m]] for m in chosen} }): the "
+                "calibration site holds one scale per calibrated observation and channel; "
+                "calibrate observations of the same bands together"
+            )
+    referenced = {c for o in observations if o.name not in calibrations for c in seen[o.name]}
+    lonely = [frame.channels[c] for c in columns if c not in referenced]
+    if lonely:
+        raise ValueError(
+            f"the calibration of {list(chosen)} in channels {lonely} is not identifiable: "
+            "no reference (uncalibrated) observation sees those channels, so the scale "
+            "trades freely with the spectra; share the channel with a reference "
+            "observation (Frame.from_observations(..., channels='shared')) or drop the "
+            "calibration"
+        )
+    return chosen, widths, tuple(columns)
 
 
 def _base_constraint(c):
@@ -230,6 +315,22 @@ class SceneModel(eqx.Module):
     priors : mapping, optional
         ``{site name: numpyro distribution}`` replacing the defaults; the support must
         match the site's constraint.
+    calibrations : mapping, optional
+        ``{observation name: width}``: a photometric scale per channel of each named
+        observation (site ``calibration``), with a LogNormal(0, width) prior (``width``
+        the sd of its natural log, e.g. 0.05 for 5%). The observations not named are
+        the photometric references (scale one). A scale is identifiable only against
+        a reference that sees the same channel (a channel shared through
+        ``Frame.from_observations(..., channels="shared")``); the calibrated
+        observations must see the same channels.
+
+    Raises
+    ------
+    ValueError
+        For names of unknown observations in ``shifts`` or ``calibrations``, a shift
+        or a calibration on every observation, a calibration on a channel that no
+        reference observation sees, or calibrated observations that see different
+        channels.
     """
 
     scene: Scene
@@ -239,8 +340,11 @@ class SceneModel(eqx.Module):
     to_native: dict
     priors: dict
     pixel_scale_arcsec: float = eqx.field(static=True)
+    calibration_names: tuple[str, ...] = eqx.field(static=True)
+    calibration_widths: tuple[float, ...] = eqx.field(static=True)
+    calibrated_channels: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, scene: Scene, observations, shifts=None, priors=None):
+    def __init__(self, scene: Scene, observations, shifts=None, priors=None, calibrations=None):
         if not isinstance(scene, Scene):
             raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
         if len(scene.sources) == 0:
@@ -302,6 +406,11 @@ class SceneModel(eqx.Module):
         self.shift_names = tuple(n for n in names if n in shifts)
         self.shift_scales = tuple(float(s) for s in scales)
         _require_shared_sky(bound, self.shift_names)
+        (
+            self.calibration_names,
+            self.calibration_widths,
+            self.calibrated_channels,
+        ) = _check_calibrations(calibrations, frame, bound)
 
         self.scene = scene
         self.observations = tuple(bound)
@@ -338,6 +447,9 @@ class SceneModel(eqx.Module):
             self.pixel_scale_arcsec,
             observed,
             likelihood,
+            self.calibration_names,
+            self.calibration_widths,
+            self.calibrated_channels,
         )
 
     # -- site table ----------------------------------------------------------------------
@@ -385,14 +497,42 @@ class SceneModel(eqx.Module):
                     ("observation", "axis"),
                 )
             )
+        if self.calibration_names:
+            shape = (len(self.calibration_names), len(self.calibrated_channels))
+            table.append(
+                Site(
+                    "calibration",
+                    "calibration",
+                    None,
+                    _calibration_prior(self.calibration_widths, shape[1]),
+                    jnp.ones(shape),
+                    ("calibrated_observation", "calibrated_channel"),
+                )
+            )
         return tuple(table)
+
+    def calibration(self, params: Mapping, name: str) -> np.ndarray:
+        """Flux scale per channel of observation ``name`` at ``params``.
+
+        ``(observation's channels,)`` in the observation's channel order: the fitted
+        ``calibration`` row of a calibrated observation, ones for a reference.
+        """
+        names = [o.name for o in self.observations]
+        if name not in names:
+            raise KeyError(f"no observation {name!r}; observations: {names}")
+        obs = self.observations[names.index(name)]
+        index = self.scene.frame.channel_indices(obs.frame)
+        if name not in self.calibration_names:
+            return np.ones(len(index))
+        row = np.asarray(params["calibration"])[self.calibration_names.index(name)]
+        return np.array([row[self.calibrated_channels.index(i)] for i in index])
 
     def default_priors(self) -> dict[str, dist.Distribution]:
         """Default prior of every latent site, by name."""
         return {site.name: site.prior for site in self.site_table()}
 
     def init_values(self) -> dict[str, jnp.ndarray]:
-        """Initial value of every latent site (from the scene; zero shifts)."""
+        """Initial value of every latent site (from the scene; zero shifts, unit scales)."""
         return {site.name: site.init for site in self.site_table()}
 
     @property
@@ -459,6 +599,8 @@ def site_dims(model: SceneModel) -> tuple[dict[str, list[str]], dict[str, list]]
         "shape_component": ["u1", "u2"],
         "envelope_param": list(ENVELOPE_PARAMETERS),
         "observation": list(model.shift_names),
+        "calibrated_observation": list(model.calibration_names),
+        "calibrated_channel": [scene.frame.channels[c] for c in model.calibrated_channels],
     }
     dims = {"flux": ["source", "channel"]}
     for site in model.site_table():

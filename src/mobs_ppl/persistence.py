@@ -44,6 +44,8 @@ key                  type              meaning
 format, version      str, int          ``"mobs_ppl.scene"``, ``1``
 frame_shape          int (3,)          ``(channels, height, width)`` of the model frame
 frame_channels       str (channels,)   band names
+frame_channel_map    str (k, 2)        ``Frame.channel_map``: (observation channel,
+                                       model channel) pairs; absent when empty
 frame_wcs            str               ``wcs.to_header_string(relax=True)``; ``""``
                                        when the frame has no WCS
 frame_wcs_crpix,     float             the linear part of the WCS at full precision:
@@ -294,6 +296,8 @@ def _frame_arrays(frame: Frame) -> dict[str, np.ndarray]:
         "frame_shape": np.asarray(frame.shape, dtype=np.int64),
         "frame_channels": np.asarray(frame.channels, dtype=str),
     }
+    if frame.channel_map:
+        out["frame_channel_map"] = np.asarray(frame.channel_map, dtype=str)
     wcs = frame.wcs
     if wcs is None:
         out["frame_wcs"] = np.asarray("")
@@ -344,8 +348,17 @@ def _frame_from(data: Mapping, path) -> Frame:
     channels = [str(c) for c in _array(data, "frame_channels", path, "U", 1)]
     header = _scalar(data, "frame_wcs", path, str)
     wcs = _wcs_from(data, header, shape, path) if header else None
+    channel_map = None
+    if "frame_channel_map" in data:
+        pairs = _array(data, "frame_channel_map", path, "U", 2)
+        if pairs.shape[1] != 2:
+            raise ValueError(
+                f"{os.fspath(path)!r}: entry 'frame_channel_map' must hold (name, channel) "
+                f"pairs, shape (k, 2); found shape {pairs.shape}"
+            )
+        channel_map = {str(k): str(v) for k, v in pairs}
     try:
-        frame = Frame(shape, wcs=wcs, channels=channels)
+        frame = Frame(shape, wcs=wcs, channels=channels, channel_map=channel_map)
     except ValueError as err:
         raise ValueError(f"{os.fspath(path)!r}: the frame entries are not valid: {err}") from None
     if "frame_psf" in data:

@@ -189,16 +189,6 @@ class Renderer(eqx.Module):
         )
 
 
-def _channel_index(obs_frame, model_frame) -> tuple[int, ...]:
-    missing = [c for c in obs_frame.channels if c not in model_frame.channels]
-    if missing:
-        raise ValueError(
-            f"channels {missing} of the observation are not in the model frame "
-            f"{model_frame.channels}; build the frame from this observation too"
-        )
-    return tuple(model_frame.channels.index(c) for c in obs_frame.channels)
-
-
 def _positions(obs_frame, model_frame):
     """Model-frame pixel coordinates of every observed pixel centre, and the Jacobians.
 
@@ -361,7 +351,7 @@ def build_renderer(obs_frame, model_frame, name: str | None = None) -> Renderer:
         centre renders with a flux error above ``FLUX_ERROR_TOLERANCE`` at some
         sub-pixel position (:func:`point_flux_errors`); the message gives the error.
     """
-    channel_index = _channel_index(obs_frame, model_frame)
+    channel_index = model_frame.channel_indices(obs_frame)
     _, height, width = model_frame.shape
     _, ho, wo = obs_frame.shape
     y, x, jac, native_from_model = _positions(obs_frame, model_frame)
