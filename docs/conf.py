@@ -48,9 +48,12 @@ exclude_patterns = ["_build", "conf.py", "**/.ipynb_checkpoints"]
 
 
 def _copy_tutorials() -> None:
-    """Mirror ``tutorials/*.py`` into ``docs/tutorials/`` (unchanged files untouched)."""
+    """Mirror ``tutorials/*.py`` into ``docs/tutorials/`` (unchanged files untouched).
+
+    Helper modules of the tutorials (``tutorials/_*.py``) are no pages.
+    """
     TUTORIAL_PAGES.mkdir(exist_ok=True)
-    wanted = {path.name: path for path in sorted(TUTORIALS.glob("*.py"))}
+    wanted = {path.name: path for path in sorted(TUTORIALS.glob("[!_]*.py"))}
     for stale in TUTORIAL_PAGES.glob("*.py"):
         if stale.name not in wanted:
             stale.unlink()

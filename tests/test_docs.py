@@ -86,7 +86,19 @@ def test_every_page_is_in_the_index_toctree():
     assert not missing, f"docs pages in no toctree of docs/index.md: {missing}"
     # the tutorials are listed through a glob over the copies conf.py makes
     assert "tutorials/*" in entries
-    assert sorted((REPO_ROOT / "tutorials").glob("*.py")), "no tutorials to show"
+    assert sorted((REPO_ROOT / "tutorials").glob("[!_]*.py")), "no tutorials to show"
+
+
+def test_every_tutorial_opens_with_a_title():
+    # the page title of a tutorial is the first heading of its first markdown cell;
+    # without one the toctree shows "<no title>"
+    for tutorial in sorted((REPO_ROOT / "tutorials").glob("[!_]*.py")):
+        text = tutorial.read_text()
+        cell = text.split("# %% [markdown]\n", 1)
+        assert len(cell) == 2, f"{tutorial.name}: no markdown cell"
+        assert "# %%" not in cell[0], f"{tutorial.name}: code before the first markdown cell"
+        first_line = cell[1].splitlines()[0]
+        assert re.match(r"# # \S", first_line), f"{tutorial.name}: starts {first_line!r}"
 
 
 @pytest.mark.slow
@@ -122,5 +134,5 @@ def test_docs_build_without_warnings(tmp_path):
     # autodoc really imported the lazily loaded names (an empty page also builds)
     for anchor in ('id="mobs_ppl.Frame"', 'id="mobs_ppl.fit_map"', 'id="mobs_ppl.cli.main"'):
         assert anchor in api, anchor
-    for tutorial in (REPO_ROOT / "tutorials").glob("*.py"):
+    for tutorial in (REPO_ROOT / "tutorials").glob("[!_]*.py"):
         assert (out / "tutorials" / f"{tutorial.stem}.html").is_file(), tutorial.name
