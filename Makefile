@@ -1,24 +1,30 @@
 # Developer entry points for mobs_ppl.
 #
 #   make demo   create .venv if needed, then run the packaged demo into results/
-#   make test   create .venv if needed, then run the whole test suite (slow tests included)
+#   make test   create .venv if needed, then run the whole test suite (slow tests included;
+#               about an hour on 2 cores)
+#   make test-fast  the same without the tests marked slow
+#   make docs   install the [docs] extra into .venv, then build the Sphinx site into
+#               docs/_build/html with warnings treated as errors
 #   make lint   ruff over the sources, tests, benchmarks and tutorials
 #   make bench  run the benchmarks
 #
 # Only `python3` (3.11 or newer) and make are needed on the machine; everything else is
-# installed into .venv from pyproject.toml (the package in editable mode plus its [test] extra).
+# installed into .venv from pyproject.toml (the package in editable mode plus its [test] extra;
+# `make docs` adds the [docs] extra).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 PYTEST_ARGS ?=
 
 # Real COSMOS data shipped beside the repository (read-only). An explicit
 # MOBS_PPL_DATA_DIR always wins; without either, the loader downloads into a user cache.
 SHARED_DATA := $(abspath ../shared/data)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench docs clean
 
 venv: $(STAMP)
 
@@ -34,9 +40,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[test]"
 	@touch $@
 
+# The documentation tools, installed on their own stamp (again when pyproject.toml changes).
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[docs]"
+	@touch $@
+
 ifeq ($(strip $(MOBS_PPL_DATA_DIR)),)
 ifneq ($(wildcard $(SHARED_DATA)/.),)
-demo test bench: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
+demo test test-fast bench: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
@@ -45,6 +57,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 \
+	  -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(wildcard src tests benchmarks tutorials)
@@ -55,5 +71,8 @@ bench: venv
 	  if [ -f benchmarks/$$script.py ]; then $(BIN)/python benchmarks/$$script.py || exit 1; fi; \
 	done
 
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) results/ build/ dist/ src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) results/ build/ dist/ src/*.egg-info docs/_build docs/tutorials .pytest_cache .ruff_cache
