@@ -40,7 +40,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _TOP_KEYS = ("frame", "observation", "sources", "fit", "sample")
-_FRAME_KEYS = ("coverage", "channels")
+_FRAME_KEYS = ("coverage", "channels", "channel_map")
 _OBSERVATION_KEYS = (
     "name",
     "data",
@@ -119,6 +119,7 @@ class FieldConfig:
     sources: SourcesConfig
     coverage: str = "union"
     channels: str = "separate"
+    channel_map: tuple[tuple[str, str], ...] = ()
     max_iter: int | None = None
     seed: int = 0
     sample: SampleConfig | None = None
@@ -270,10 +271,24 @@ def load_field(path) -> FieldConfig:
         sources=_sources(top.get("sources", dict, {}), file, observations),
         coverage=frame.choice("coverage", ("union", "intersection"), "union"),
         channels=frame.choice("channels", ("separate", "shared"), "separate"),
+        channel_map=_channel_map(frame),
         max_iter=fit.count("max_iter", 1),
         seed=fit.get("seed", int, 0, what="an integer"),
         sample=sample,
     )
+
+
+def _channel_map(frame: _Table) -> tuple[tuple[str, str], ...]:
+    """``[frame] channel_map``: observation channel name -> model channel, as pairs."""
+    mapping = frame.get("channel_map", dict, {}, what='a table, e.g. {"HSC-i" = "i"}')
+    bad = [k for k, v in mapping.items() if not (isinstance(v, str) and v)]
+    if bad:
+        frame.fail(f"channel_map in [frame] must map names to names; {bad[0]!r} does not")
+    if mapping and frame.values.get("channels") != "shared":
+        frame.fail(
+            'channel_map in [frame] says which bands are the same: it needs channels = "shared"'
+        )
+    return tuple(sorted(mapping.items()))
 
 
 def _observation(values, k: int, file: pathlib.Path) -> ObservationConfig:
@@ -717,7 +732,10 @@ def _stage_frame(config, state, log):
     from .frame import Frame
 
     state["frame"] = Frame.from_observations(
-        state["native"], coverage=config.coverage, channels=config.channels
+        state["native"],
+        coverage=config.coverage,
+        channels=config.channels,
+        channel_map=dict(config.channel_map) or None,
     )
     log(f"model frame {state['frame'].shape}, channels {', '.join(state['frame'].channels)}")
 
