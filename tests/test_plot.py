@@ -147,6 +147,8 @@ def test_norm_per_channel_and_scaled():
     scaled = norm.scaled(10.0, channels=[1])
     np.testing.assert_allclose(scaled.upper, [1000.0])
     np.testing.assert_allclose(scaled.sigma, 10 * norm.sigma[1:])
+    with pytest.raises(ValueError, match="channel"):
+        mp.plot.to_rgb(np.ones((3, 4, 4)), norm)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Plots of observations, scenes and posteriors (matplotlib; corner and ArviZ for posteriors).
 
-Conventions
------------
+Conventions:
+
 - Images are shown with the origin at the lower left, pixel ``(y, x)`` at position
   ``(x, y)``; each panel's axes say which pixel grid they count ("model frame px" or
   "<observation name> px").
@@ -160,6 +160,11 @@ class AsinhAutomaticNorm(AsinhStretch):
 
     def channel(self, index: int) -> AsinhStretch:
         """The stretch of channel ``index`` (its own noise and upper limit)."""
+        if not -self.sigma.size <= index < self.sigma.size:
+            raise ValueError(
+                f"this norm was set on {self.sigma.size} channel(s); an image of more "
+                f"channels needs a norm set on it (channel {index} asked)"
+            )
         s = float(self.sigma[index])
         return AsinhStretch(self.noise_level * s, -self.floor * s, float(self.upper[index]))
 
