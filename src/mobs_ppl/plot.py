@@ -22,6 +22,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
@@ -258,10 +259,12 @@ def _label_points(ax, ys, xs, texts, shape, label_kwargs=None) -> None:
     ]
     if not inside:
         return
-    style = {"color": "white", "fontsize": 7, **(label_kwargs or {})}
+    # a dark outline keeps white labels readable on bright galaxies
+    outline = [patheffects.withStroke(linewidth=1.5, foreground="black")]
+    style = {"color": "white", "fontsize": 7, "path_effects": outline, **(label_kwargs or {})}
     ax.plot(
         [p[1] for p in inside], [p[0] for p in inside], ls="none", marker="+", ms=4,
-        mew=0.8, color=style["color"],
+        mew=0.8, color=style["color"], path_effects=style["path_effects"],
     )  # fmt: skip
     # data pixels per point of offset, from the axes' size on the figure (about 4 in)
     per_point = max(height, width) / (72.0 * 3.0)
