@@ -225,8 +225,9 @@ def test_observation_peaks_on_the_sky(setup):
 
 def test_labels_of_close_peaks_do_not_overlap(setup):
     hst, *_ = setup
-    # four peaks within 1.5 pixels of each other on a 40-pixel image
-    peaks = [[20.0, 20.0], [20.5, 21.0], [21.0, 20.0], [19.5, 20.5]]
+    # four peaks within 0.4 pixels of each other on a 40-pixel image (one label height
+    # is about a pixel here): labels at one fixed offset would overlap
+    peaks = [[20.0, 20.0], [20.2, 20.3], [20.3, 20.0], [19.9, 20.2]]
     fig = mp.plot.observation(hst, add_peaks=peaks, show_psf=False)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
