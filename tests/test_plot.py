@@ -240,6 +240,13 @@ def test_labels_of_close_peaks_do_not_overlap(setup):
             # less than a fifth of a label's area in common
             assert area < 0.2 * boxes[i].width * boxes[i].height, (i, j)
     plt.close(fig)
+    # a peak on the top edge keeps its label inside the image (not over the title)
+    fig = mp.plot.observation(hst, add_peaks=[[39.4, 20.0]], show_psf=False)
+    fig.canvas.draw()
+    (text,) = fig.axes[0].texts
+    label, image = text.get_window_extent(renderer=None), fig.axes[0].get_window_extent()
+    assert label.y1 <= image.y1 and label.y0 >= image.y0
+    plt.close(fig)
 
 
 # -- scene ------------------------------------------------------------------------------

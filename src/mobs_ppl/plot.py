@@ -273,7 +273,10 @@ def _label_points(ax, ys, xs, texts, shape, label_kwargs=None) -> None:
 
         def clearance(offset, y=y, x=x):
             ly, lx = y + offset[1] * per_point * 1.6, x + offset[0] * per_point * 1.6
-            return min(math.hypot(ly - ty, lx - tx) for ty, tx in taken)
+            # a label that would leave the image (over the title or the axis) comes last
+            margin = 8 * per_point
+            out = not (margin <= ly <= height - margin and margin <= lx <= width - margin)
+            return min(math.hypot(ly - ty, lx - tx) for ty, tx in taken) - out * 1e6
 
         dx, dy = max(_OFFSETS, key=clearance)
         taken.append((y + dy * per_point * 1.6, x + dx * per_point * 1.6))
