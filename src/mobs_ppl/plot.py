@@ -455,7 +455,7 @@ def scene(
     if not (show_model or needs_obs):
         raise ValueError("no panel to draw: set show_model or give an observation and show_*")
     model = np.asarray(scene.render())
-    panels = []  # (title, kind, image, frame, grid, offset)
+    panels = []  # (title, image, norm, frame, shift offset or None for model pixels)
     obs = None if observation is None else observation.bound_to(scene.frame)
     if obs is not None:
         norm = AsinhAutomaticNorm(obs) if norm is None else norm
@@ -466,7 +466,7 @@ def scene(
         else:
             panels.append(("Model", model[channels], model_norm, scene.frame, None))
     if obs is not None:
-        rendered = np.asarray(obs.render(scene.render(), shift))
+        rendered = np.asarray(obs.render(model, shift))
         data = np.asarray(obs.data)
         offset = np.zeros(2) if shift is None else np.asarray(shift, float)
         if show_rendered:
