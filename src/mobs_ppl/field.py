@@ -1028,5 +1028,5 @@ def _write(out_dir: pathlib.Path, state) -> None:
             add_labels=True,
             add_boxes=True,
         )
-        save_figure(fig, out_dir / f"scene_{obs.name}.png", dpi=80)
+        save_figure(fig, out_dir / f"scene_{obs.name}.png", dpi=150)
         plt.close(fig)

@@ -193,7 +193,7 @@ def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot):
     if idata is not None:
         persistence.save_posterior(out_dir / "posterior.nc", idata)
         fig = plot.corner(idata, var_names=["shift_native"])
-        save_figure(fig, out_dir / "corner_shift.png", dpi=80)
+        save_figure(fig, out_dir / "corner_shift.png", dpi=150)
         plt.close(fig)
     for name, obs, shift in (
         ("sharp", sharp_c, None),
@@ -209,5 +209,5 @@ def _write(out_dir, fit, idata, coarse, coarse_c, sharp_c, native, plot):
             add_labels=True,
             add_boxes=True,
         )
-        save_figure(fig, out_dir / f"scene_{name}.png", dpi=80)
+        save_figure(fig, out_dir / f"scene_{name}.png", dpi=150)
         plt.close(fig)
