@@ -661,10 +661,16 @@ def test_progress_bar_follows_interactive_use(monkeypatch):
         def isatty(self):
             return self.tty
 
-    monkeypatch.delitem(sys.modules, "IPython", raising=False)
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    import types
+
+    # IPython imported but not running (tqdm.auto imports it): not interactive
+    not_running = types.SimpleNamespace(get_ipython=lambda: None)
+    monkeypatch.setitem(sys.modules, "IPython", not_running)
     monkeypatch.delattr(sys, "ps1", raising=False)
     monkeypatch.setattr(sys, "stderr", _Stream(False))
     assert not inference._interactive()  # a script writing to a file or a pipe
     monkeypatch.setattr(sys, "stderr", _Stream(True))
     assert inference._interactive()  # a terminal
+    monkeypatch.setattr(sys, "stderr", _Stream(False))
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=object))
+    assert inference._interactive()  # a running IPython or Jupyter kernel

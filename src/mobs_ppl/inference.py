@@ -450,7 +450,10 @@ def _interactive() -> bool:
     """Whether a person is watching: a terminal on stderr, IPython or Jupyter."""
     import sys
 
-    if "IPython" in sys.modules or "ipykernel" in sys.modules or hasattr(sys, "ps1"):
+    if hasattr(sys, "ps1"):  # the interactive interpreter
+        return True
+    ipython = sys.modules.get("IPython")  # imported is not running: tqdm.auto imports it
+    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
         return True
     try:
         return sys.stderr.isatty()
