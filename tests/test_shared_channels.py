@@ -13,12 +13,11 @@ from __future__ import annotations
 import astropy.units as u
 import numpy as np
 import pytest
-from astropy.wcs import WCS
 from scipy.special import erf
 
 import mobs_ppl as mp
+from simulations import CRVAL, tan_wcs  # the suite's own TAN grids (tests/ on the path)
 
-CRVAL = (150.0, 2.2)
 HST_SCALE, HSC_SCALE = 0.05, 0.168  # arcsec per pixel
 HST_SHAPE, HSC_SHAPE = (48, 48), (16, 16)
 HST_FWHM, HSC_FWHM = 0.1, (0.6, 0.9)  # arcsec
@@ -33,17 +32,6 @@ GALAXIES = (
 )
 NOISE = {"F814W": 0.02, "g": 0.05, "r": 0.05}  # per-pixel sd, data units
 SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-
-
-def tan_wcs(scale, shape, offset=(0.0, 0.0)) -> WCS:
-    """North up, east left; the tangent point at pixel centre + ``offset`` (0-based y, x)."""
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = list(CRVAL)
-    wcs.wcs.cd = np.diag([-scale, scale]) / 3600.0
-    wcs.wcs.crpix = [(shape[1] - 1) / 2 + offset[1] + 1, (shape[0] - 1) / 2 + offset[0] + 1]
-    wcs.wcs.set()
-    return wcs
 
 
 def pixel_integrated_gaussian(shape, y0, x0, sigma) -> np.ndarray:

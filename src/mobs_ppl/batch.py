@@ -38,11 +38,10 @@ import os
 import pathlib
 import sys
 import time
-import tomllib
 import traceback
 from collections.abc import Callable
 
-from .field import _NAME, _Table
+from .field import _NAME, _Table, read_toml
 
 __all__ = ["BatchResult", "FieldEntry", "FieldOutcome", "load_manifest", "run_batch"]
 
@@ -160,13 +159,7 @@ def load_manifest(path) -> tuple[FieldEntry, ...]:
     TypeError
         If a value has the wrong type.
     """
-    file = pathlib.Path(os.fspath(path)).resolve()
-    if not file.is_file():
-        raise FileNotFoundError(f"no such manifest {str(file)!r}")
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{file}: not valid TOML ({err})") from None
+    file, raw = read_toml(os.fspath(path), "manifest")
     top = _Table(raw, "the manifest", file, _TOP_KEYS, required=("field",))
     tables = top.get("field", list, what="an array of tables [[field]]")
     if not tables:

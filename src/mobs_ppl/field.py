@@ -31,6 +31,7 @@ __all__ = [
     "fit_field",
     "load_field",
     "load_observations",
+    "read_toml",
     "run_field",
     "summary_schema",
     "write_results",
@@ -205,6 +206,25 @@ class _Table:
         return path
 
 
+def read_toml(path, what: str) -> tuple[pathlib.Path, dict]:
+    """``(absolute path, content)`` of a TOML file; errors say ``what`` it is.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        On a TOML syntax error (the message names the file).
+    """
+    file = pathlib.Path(path).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"no such {what} {str(file)!r}")
+    try:
+        return file, tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{file}: not valid TOML ({err})") from None
+
+
 def load_field(path) -> FieldConfig:
     """Read and check a field file (TOML; schema in ``docs/cli.md``).
 
@@ -229,13 +249,7 @@ def load_field(path) -> FieldConfig:
     TypeError
         If a value has the wrong type.
     """
-    file = pathlib.Path(path).resolve()
-    if not file.is_file():
-        raise FileNotFoundError(f"no such field file {str(file)!r}")
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{file}: not valid TOML ({err})") from None
+    file, raw = read_toml(path, "field file")
     top = _Table(raw, "the field file", file, _TOP_KEYS, required=("observation",))
     entries = top.get("observation", list, what="an array of tables [[observation]]")
     if not entries:
