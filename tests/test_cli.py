@@ -142,6 +142,9 @@ def test_demo_recovers_the_injected_shift(simulated_demo):
     printed = captured.out.getvalue()
     assert "shift of HSC" in printed and "true shift" in printed
     assert "fluxes against the truth" in printed
+    # 2 x (30 + 30) draws cannot mix: the demo says so rather than hiding it
+    assert "NUTS (morphologies held at the MAP): max r_hat" in printed
+    assert "NOT mixed" in printed
 
 
 def test_demo_matches_every_true_galaxy(simulated_demo):

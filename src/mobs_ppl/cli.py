@@ -417,6 +417,21 @@ _SD_LABELS = {
 }
 
 
+def _report_nuts(summary: dict) -> None:
+    """One line of NUTS diagnostics, saying whether the chains can be trusted."""
+    diagnostics = summary.get("diagnostics")
+    if diagnostics is None:
+        return
+    r_hat, ess = diagnostics["max_r_hat"], diagnostics["min_ess_bulk"]
+    healthy = r_hat is not None and r_hat < 1.01 and ess is not None and ess > 400
+    held = " (morphologies held at the MAP)" if summary["nuts"]["conditional"] else ""
+    verdict = "mixed well" if healthy else "NOT mixed: do not use its widths; run longer"
+    print(
+        f"NUTS{held}: max r_hat {r_hat}, min bulk ESS {ess}, "
+        f"{diagnostics['divergences']} divergences -- {verdict}"
+    )
+
+
 def _report(summary: dict) -> None:
     """Print the shift and the fluxes (against the truth when there is one)."""
     import numpy as np
@@ -432,6 +447,7 @@ def _report(summary: dict) -> None:
         f"shift of HSC: {np.round(shift['native_px'], 3)} native px {error}; "
         f"sky offset (dRA cos dec, dDec) {np.round(shift['sky_arcsec'], 4)} arcsec"
     )
+    _report_nuts(summary)
     truth = summary.get("truth_comparison")
     if truth is not None:
         t = truth["shift_native_px"]
