@@ -55,6 +55,16 @@ def _count(minimum: int):
     return parse
 
 
+def _add_debug(command) -> None:
+    """``--debug`` also after the command name (hidden; the top-level one is documented).
+
+    ``SUPPRESS`` keeps a top-level ``--debug`` when it is not repeated.
+    """
+    command.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
 def _add_results_arguments(command) -> None:
     """``--out``, ``--overwrite`` and ``--debug``, shared by the commands that write results."""
     command.add_argument(
@@ -71,10 +81,7 @@ def _add_results_arguments(command) -> None:
         action="store_true",
         help="replace --out even if it holds other content (which is deleted)",
     )
-    # also after the command; SUPPRESS keeps a top-level --debug when it is not repeated
-    command.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
+    _add_debug(command)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,9 +255,7 @@ def _add_batch(commands) -> None:
         default=None,
         help="worker processes of the local cluster (default: CPUs, at most one per field)",
     )
-    batch.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
+    _add_debug(batch)
 
 
 def _batch(args) -> int:

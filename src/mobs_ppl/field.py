@@ -879,7 +879,7 @@ def _calibration_entry(state, name: str, obs) -> dict:
     model, fit = state["model"], state["fit"]
     k = model.calibration_names.index(name)
     columns = [
-        model.calibrated_channels.index(i) for i in fit.scene.frame.channel_indices(obs.frame)
+        model.calibrated_channels.index(i) for i in state["frame"].channel_indices(obs.frame)
     ]
     laplace = None if state["laplace"] is None else state["laplace"].sd("calibration")[k]
     nuts = _posterior_sd(state["idata"], "calibration")

@@ -138,12 +138,12 @@ class MAPResult:
         if name not in self.model.calibration_names:
             return self.scene
         names = [o.name for o in self.model.observations]
-        frame = self.scene.frame
-        index = list(frame.channel_indices(self.model.observations[names.index(name)].frame))
-        scale = np.ones(frame.n_channels)
+        scene = self.scene  # rebuilt from the parameters on every access: once here
+        index = list(scene.frame.channel_indices(self.model.observations[names.index(name)].frame))
+        scale = np.ones(scene.frame.n_channels)
         scale[index] = self.calibration(name)
-        return self.scene.replace_sources(
-            [eqx.tree_at(lambda s: s.spectrum, s, s.spectrum * scale) for s in self.scene.sources]
+        return scene.replace_sources(
+            [eqx.tree_at(lambda s: s.spectrum, s, s.spectrum * scale) for s in scene.sources]
         )
 
     def deterministic(self) -> dict[str, np.ndarray]:
