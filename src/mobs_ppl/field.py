@@ -91,14 +91,25 @@ class SourcesConfig:
     """The ``[sources]`` table: detection on one or more observations, or a catalogue.
 
     ``detect_on`` names the observations detected on, jointly, in that order (the first
-    gives the sources, the later ones add what it misses); ``image_types`` holds one
-    detection kind (``"space"`` or ``"ground"``) per name, or one for the catalogue.
+    gives the sources, the later ones add what it misses); an entry that is a tuple of
+    names is a group (epochs of the same bands) detected on as one, on its first
+    member's pixels (:func:`mobs_ppl.init.from_observations`). ``image_types`` holds
+    one detection kind (``"space"`` or ``"ground"``) per entry, or one for the
+    catalogue. :attr:`detected_names` lists every name, groups flattened.
     """
 
-    detect_on: tuple[str, ...] | None = None
+    detect_on: tuple[str | tuple[str, ...], ...] | None = None
     catalog: pathlib.Path | None = None
     image_types: tuple[str, ...] = ("space",)
     n_sigma: float = 5.0
+
+    @property
+    def detected_names(self) -> tuple[str, ...]:
+        """Every observation named by ``detect_on``, groups flattened (empty without)."""
+        names = []
+        for entry in self.detect_on or ():
+            names += [entry] if isinstance(entry, str) else list(entry)
+        return tuple(names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +364,7 @@ def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
     if isinstance(detect_on, str):
         detect_on = (detect_on,)
     elif detect_on is not None:
-        detect_on = table.strings("detect_on")
+        detect_on = _detect_on_entries(table, detect_on)
     if detect_on is not None and "catalog" in table.values:
         table.fail(
             "[sources] has both detect_on and catalog: give one (catalog positions take "
@@ -361,7 +372,8 @@ def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
         )
     if detect_on is None and "catalog" not in table.values:
         detect_on = (names[0],)
-    unknown = [d for d in detect_on or () if d not in names]
+    flat = SourcesConfig(detect_on=detect_on).detected_names
+    unknown = [d for d in flat if d not in names]
     if unknown:
         table.fail(f"detect_on in [sources] names no observation: {unknown[0]!r}; known: {names}")
     image_types = table.get("image_type", (str, list), "space", what="a string or a list of them")
@@ -372,7 +384,7 @@ def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
     if len(image_types) != wanted or any(t not in ("space", "ground") for t in image_types):
         table.fail(
             "image_type in [sources] must be 'space' or 'ground', or a list of them with one "
-            f"per detect_on observation ({wanted}); got {table.values['image_type']!r}"
+            f"per detect_on entry ({wanted}); got {table.values['image_type']!r}"
         )
     n_sigma = table.get("n_sigma", (int, float), 5.0, what="a number")
     if not n_sigma > 0:
@@ -383,6 +395,38 @@ def _sources(values, file: pathlib.Path, observations) -> SourcesConfig:
         image_types=image_types,
         n_sigma=float(n_sigma),
     )
+
+
+def _detect_on_entries(table: _Table, values: list) -> tuple[str | tuple[str, ...], ...]:
+    """``detect_on`` as a list: names, or lists of names (groups: epochs detected on as one).
+
+    A group of one name is that name. Every name appears once, groups included.
+    """
+    what = "a non-empty list of observation names or of lists of them (groups)"
+    if not values:
+        table.fail(f"detect_on in [sources] must be {what}; got []")
+    entries = []
+    for k, value in enumerate(values, start=1):
+        if isinstance(value, str) and value:
+            entries.append(value)
+            continue
+        if not isinstance(value, list):
+            table.fail(f"detect_on in [sources] must be {what}; entry #{k} is {value!r}")
+        if not value:
+            table.fail(
+                f"detect_on in [sources]: entry #{k} is an empty group; a group lists the "
+                'observations detected on as one, e.g. ["HSC1", "HSC2"]'
+            )
+        if not all(isinstance(v, str) and v for v in value):
+            table.fail(
+                f"detect_on in [sources]: group #{k} must hold observation names only (no "
+                f"nested groups); got {value!r}"
+            )
+        entries.append(value[0] if len(value) == 1 else tuple(value))
+    flat = SourcesConfig(detect_on=tuple(entries)).detected_names
+    if len(set(flat)) != len(flat):
+        table.fail(f"detect_on in [sources] has repeated entries: {values!r}")
+    return tuple(entries)
 
 
 # -- observations -------------------------------------------------------------------------
@@ -534,22 +578,28 @@ def _scene_sources(config: FieldConfig, observations, frame, log):
         origins = (first.name,)
         log(f"{scene.n_groups} sources from the catalogue, footprints from {first.name}")
     else:
-        origins = config.sources.detect_on
-        if len(origins) == 1:
+        detect_on = config.sources.detect_on
+        entries = [
+            by_name[entry] if isinstance(entry, str) else [by_name[name] for name in entry]
+            for entry in detect_on
+        ]
+        if len(entries) == 1:
             scene = init.from_observation(
-                by_name[origins[0]],
+                entries[0],
                 frame,
                 image_type=config.sources.image_types[0],
                 n_sigma=config.sources.n_sigma,
             )
         else:
             scene = init.from_observations(
-                [by_name[name] for name in origins],
+                entries,
                 frame,
                 image_types=list(config.sources.image_types),
                 n_sigma=config.sources.n_sigma,
             )
-        log(f"{scene.n_groups} sources detected on {' and '.join(origins)}")
+        origins = config.sources.detected_names
+        described = [e if isinstance(e, str) else "+".join(e) for e in detect_on]
+        log(f"{scene.n_groups} sources detected on {' and '.join(described)}")
     return scene, origins
 
 

@@ -1,12 +1,16 @@
 """Initial scenes: one non-parametric source per detection or catalogue entry.
 
 From one observation (:func:`from_observation`) or from joint detection in several
-(:func:`from_observations`).
+(:func:`from_observations`). Wherever an observation is detected on, a sequence of
+observations may stand for it: several epochs of the same bands, detected on jointly
+on the first one's pixels (:func:`mobs_ppl.detection.detection_image`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections.abc import Sequence
 
 import astropy.units as u
 import numpy as np
@@ -42,6 +46,76 @@ CORE_MIN_RADIUS = 2.0
 #: Width of the LogNormal prior on a core's half-light radius about its initial value
 #: (the PSF's size or one pixel).
 CORE_RADIUS_PRIOR_WIDTH = 0.5
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Epochs(Sequence):
+    """Several observations (epochs of the same bands) detected on as one.
+
+    A :class:`~collections.abc.Sequence` of its members, so that
+    :func:`~mobs_ppl.detection.detect_sources` and
+    :func:`~mobs_ppl.detection.detection_image` combine them on the first member's
+    pixels; ``psf``, ``wcs``, ``frame``, ``shape`` and ``name`` are the first member's,
+    so that boxes, cores and match radii are measured on those pixels.
+    """
+
+    members: tuple
+
+    def __getitem__(self, index):
+        return self.members[index]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def psf(self):
+        return self.members[0].psf
+
+    @property
+    def wcs(self):
+        return self.members[0].wcs
+
+    @property
+    def frame(self):
+        return self.members[0].frame
+
+    @property
+    def shape(self):
+        return self.members[0].shape
+
+    @property
+    def name(self):
+        return self.members[0].name
+
+    @property
+    def label(self) -> str:
+        """The members' names joined by ``+``, for messages."""
+        return "+".join(str(m.name) for m in self.members)
+
+
+def _detection_entry(entry, where: str):
+    """One observation, or a sequence of them as :class:`_Epochs` (one member: itself)."""
+    if isinstance(entry, _Epochs) or not isinstance(entry, Sequence) or isinstance(entry, str):
+        return entry
+    members = tuple(entry)
+    if not members:
+        raise ValueError(f"{where} is an empty group of observations: give at least one")
+    for member in members:
+        if isinstance(member, Sequence):
+            raise ValueError(
+                f"{where} holds a sequence inside a group: a group holds observations only "
+                "(epochs of the same bands)"
+            )
+    return members[0] if len(members) == 1 else _Epochs(members)
+
+
+def _members(entry) -> list:
+    """The observations an entry of :func:`_detection_entry` stands for."""
+    return list(entry.members) if isinstance(entry, _Epochs) else [entry]
+
+
+def _label(entry) -> str:
+    return entry.label if isinstance(entry, _Epochs) else entry.name
 
 
 def _catalog_pixels(catalog, observation, frame):
@@ -227,7 +301,7 @@ def _entries(observation, frame, catalog, image_type, n_sigma, min_area, split_p
     if catalog is None:
         if not detections:
             raise ValueError(
-                f"no sources detected in {observation.name!r} at {n_sigma} sigma; lower "
+                f"no sources detected in {_label(observation)!r} at {n_sigma} sigma; lower "
                 "n_sigma, or give a catalog"
             )
         return [(d.center, d.footprint, d.own) for d in detections]
@@ -403,8 +477,12 @@ def from_observation(
 
     Parameters
     ----------
-    observation : Observation or CorrelatedObservation
-        Data to detect on (typically the sharpest, e.g. HST).
+    observation : Observation or CorrelatedObservation, or a sequence of them
+        Data to detect on (typically the sharpest, e.g. HST). A sequence (several
+        epochs of the same bands, each with a WCS) is detected on jointly, on the first
+        member's pixels (:func:`mobs_ppl.detection.detection_image`); the first
+        member's PSF and pixels give the morphologies, boxes and cores, and every
+        member measures the spectra (as in :func:`from_observations`).
     frame : Frame
         The model frame.
     catalog : SkyCoord, optional
@@ -440,10 +518,11 @@ def from_observation(
     --------
     from_observations : sources from several observations (those only coarser data see).
     """
+    observation = _detection_entry(observation, "observation")
     entries = _entries(observation, frame, catalog, image_type, n_sigma, min_area, split_peaks)
     sources = _make_sources(entries, observation, frame, box_growth, min_box)
     sources, groups = _with_cores(sources, observation, frame, cores)
-    return _measure_spectra(Scene(frame, sources, groups), [observation])
+    return _measure_spectra(Scene(frame, sources, groups), _members(observation))
 
 
 def from_observations(
@@ -469,29 +548,49 @@ def from_observations(
     sources solved together); a source an observation does not see keeps a small
     positive placeholder there.
 
+    An entry may be a group of observations (several epochs of the same bands, e.g.
+    ``[hst, [hsc1, hsc2]]``): it is detected on jointly, on the pixels of its first
+    member, where the weighted sums of all its members add up
+    (:func:`mobs_ppl.detection.detection_image`), so that sources too faint for any one
+    epoch are found. The first member stands for the group otherwise (its PSF, WCS
+    and pixels give morphologies, boxes, cores and the match radius); every member
+    measures the spectra in its channels, in turn, as a separate entry would (with
+    shared channels the last member's amplitudes remain).
+
     Parameters
     ----------
-    observations : sequence of Observation or CorrelatedObservation
-        Data to detect on; native (not resampled) observations detect best.
+    observations : sequence of (Observation, CorrelatedObservation, or a sequence of them)
+        Data to detect on, each with a WCS; native (not resampled) observations detect
+        best. A group (list or tuple) of one observation is that observation.
     frame : Frame
         The model frame.
     image_types : str or sequence of {"space", "ground"}
-        Wavelet scales of each observation's detection (one value for all, or one per
-        observation), e.g. ``["space", "ground"]`` for HST then HSC.
+        Wavelet scales of each entry's detection (one value for all, or one per entry of
+        ``observations``, group or not), e.g. ``["space", "ground"]`` for HST then HSC;
+        a group's scales follow its first member's PSF.
     catalog : SkyCoord, optional
-        Known positions, used on the first observation (see :func:`from_observation`).
+        Known positions, used on the first entry (see :func:`from_observation`).
     match_radius : astropy Quantity (angle), optional
         A later detection within this distance of an existing source is the same
-        source. Default: two PSF widths (Gaussian sigma) of that later observation.
+        source. Default: two PSF widths (Gaussian sigma) of that later entry (of its
+        first member, on its pixels).
     n_sigma, min_area, split_peaks, box_growth, min_box, cores :
-        As in :func:`from_observation`, for every observation.
+        As in :func:`from_observation`, for every entry.
 
     Returns
     -------
     Scene
-        The first observation's sources, then the added ones in observation order.
+        The first entry's sources, then the added ones in entry order.
+
+    Raises
+    ------
+    ValueError
+        For no entries, an empty group, a group inside a group, a number of
+        ``image_types`` other than one or one per entry, or an observation without a WCS.
     """
-    observations = list(observations)
+    observations = [
+        _detection_entry(entry, f"observations[{k}]") for k, entry in enumerate(observations)
+    ]
     if not observations:
         raise ValueError("from_observations needs at least one observation")
     if isinstance(image_types, str):
@@ -502,7 +601,7 @@ def from_observations(
             f"{len(image_types)} image_types for {len(observations)} observations: give one "
             "per observation, or a single value"
         )
-    for observation in observations:
+    for observation in (m for entry in observations for m in _members(entry)):
         if observation.wcs is None:
             raise ValueError(
                 f"observation {observation.name!r} has no WCS: joint detection places the "
@@ -540,4 +639,5 @@ def from_observations(
         parts, _ = _with_cores([source], observation, frame, cores)
         components += parts
         groups += [g] * len(parts)
-    return _measure_spectra(Scene(frame, components, groups), observations)
+    every = [m for entry in observations for m in _members(entry)]
+    return _measure_spectra(Scene(frame, components, groups), every)
