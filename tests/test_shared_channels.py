@@ -542,3 +542,97 @@ def test_spectra_of_a_group_are_measured_in_every_member(faint_epochs_scene):
     for c, band in enumerate(frame.channels):
         true = [FAINT_SCALE * g[2][band[0]] for g in GALAXIES]
         assert 0.5 * true[0] < brightest[c] < 2.0 * sum(true), (band, brightest[c], true)
+
+
+_GROUP_FIELD = """
+[frame]
+channels = "shared"
+[[observation]]
+name = "HST"
+data = "a.fits"
+psf = "psf.fits"
+[[observation]]
+name = "HSC1"
+data = "b.fits"
+psf = "psf.fits"
+shift_prior_arcsec = 0.1
+[[observation]]
+name = "HSC2"
+data = "b.fits"
+psf = "psf.fits"
+shift_prior_arcsec = 0.1
+[sources]
+"""
+
+
+@pytest.mark.parametrize(
+    ("sources", "detect_on", "image_types"),
+    [
+        ('detect_on = ["HST", ["HSC1", "HSC2"]]\nimage_type = ["space", "ground"]',
+         ("HST", ("HSC1", "HSC2")), ("space", "ground")),
+        ('detect_on = [["HSC1", "HSC2"]]\nimage_type = "ground"', (("HSC1", "HSC2"),), ("ground",)),
+        ('detect_on = [["HSC1"], "HST"]', ("HSC1", "HST"), ("space", "space")),  # group of one
+    ],
+)  # fmt: skip
+def test_field_file_reads_groups_in_detect_on(tmp_path, sources, detect_on, image_types):
+    from mobs_ppl import field
+
+    for name in ("a.fits", "b.fits", "psf.fits"):
+        (tmp_path / name).touch()  # parsing checks that the files exist
+    (tmp_path / "field.toml").write_text(_GROUP_FIELD + sources)
+    config = field.load_field(tmp_path / "field.toml")
+    assert config.sources.detect_on == detect_on
+    assert config.sources.image_types == image_types
+    flat = [n for e in detect_on for n in ((e,) if isinstance(e, str) else e)]
+    assert config.sources.detected_names == tuple(flat)
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ('detect_on = ["HST", []]', r"detect_on in \[sources\]: entry #2 is an empty group"),
+        ("detect_on = []", r"detect_on in \[sources\] must be a non-empty list"),
+        ('detect_on = ["HST", ["HSC1", "HSC3"]]', r"detect_on in \[sources\] names no obs.*'HSC3'"),
+        ('detect_on = ["HST", ["HSC1", ["HSC2"]]]', r"group #2 must hold observation names only"),
+        ('detect_on = ["HST", 3]', r"detect_on in \[sources\] must be .*entry #2 is 3"),
+        ('detect_on = ["HSC1", ["HSC1", "HSC2"]]', r"detect_on in \[sources\] has repeated"),
+        (
+            'detect_on = ["HST", ["HSC1", "HSC2"]]\nimage_type = ["space", "ground", "ground"]',
+            r"image_type in \[sources\] .* one per detect_on entry \(2\)",
+        ),
+    ],
+)
+def test_field_file_refuses_bad_groups_in_detect_on(tmp_path, sources, message):
+    from mobs_ppl import field
+
+    for name in ("a.fits", "b.fits", "psf.fits"):
+        (tmp_path / name).touch()
+    (tmp_path / "field.toml").write_text(_GROUP_FIELD + sources)
+    with pytest.raises(ValueError, match=message):
+        field.load_field(tmp_path / "field.toml")
+
+
+def test_field_flow_passes_groups_to_init(monkeypatch):
+    """``_scene_sources`` hands init the observations of each entry (a list for a group)
+    and names every member among the observations whose spectra detection measured."""
+    from types import SimpleNamespace
+
+    from mobs_ppl import field, init
+
+    calls = []
+
+    def record(entries, frame, image_types, n_sigma):
+        calls.append((entries, image_types))
+        return SimpleNamespace(n_groups=1)
+
+    monkeypatch.setattr(init, "from_observations", record)
+    hst, hsc1, hsc2 = (SimpleNamespace(name=n) for n in ("HST", "HSC1", "HSC2"))
+    sources = field.SourcesConfig(
+        detect_on=("HST", ("HSC1", "HSC2")), image_types=("space", "ground")
+    )
+    config = SimpleNamespace(sources=sources)
+    logged = []
+    _, origins = field._scene_sources(config, [hst, hsc1, hsc2], None, logged.append)
+    assert calls == [([hst, [hsc1, hsc2]], ["space", "ground"])]
+    assert origins == ("HST", "HSC1", "HSC2")
+    assert logged == ["1 sources detected on HST and HSC1+HSC2"]
