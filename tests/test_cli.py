@@ -120,7 +120,7 @@ def test_demo_falls_back_to_the_simulated_field(no_data, capsys):
     err = capsys.readouterr().err
     assert "could not download" in err and "simulated" in err
     assert description == "simulated field (seed 0)" and len(truth["shift_native_px"]) == 2
-    assert hst.shape == (1, 100, 100) and hsc.shape == (5, 22, 22)
+    assert hst.shape == (1, 80, 80) and hsc.shape == (5, 18, 18)  # cli.DEMO_FIELD
 
 
 def test_quick_refuses_cosmos():
@@ -143,7 +143,7 @@ def test_demo_recovers_the_injected_shift(simulated_demo):
     assert "shift of HSC" in printed and "true shift" in printed
     assert "fluxes against the truth" in printed
     # 2 x (30 + 30) draws cannot mix: the demo says so rather than hiding it
-    assert "NUTS (morphologies held at the MAP): max r_hat" in printed
+    assert "NUTS (morphologies held at the MAP), fluxes and shift: max r_hat" in printed
     assert "NOT mixed" in printed
 
 

@@ -40,6 +40,7 @@ LAYERS = (
         "newton",
         "krylov",
         "curvature",
+        "softplus_coordinates",
         "inference",
         "laplace_approximation",
         "arviz_io",

@@ -88,7 +88,7 @@ def posterior_to_arviz(result, log_likelihood: str = "auto"):
         )
     model = result.model
     dims, coords = site_dims(model)
-    grouped = {k: np.asarray(v) for k, v in result.mcmc.get_samples(group_by_chain=True).items()}
+    grouped = {k: np.asarray(v) for k, v in result.samples(group_by_chain=True).items()}
     chains, draws = next(iter(grouped.values())).shape[:2]
     groups = {"posterior": _dataset(grouped, dims, coords)}
 

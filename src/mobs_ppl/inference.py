@@ -32,6 +32,7 @@ from .laplace_approximation import (
 from .model import SceneModel
 from .newton import DEFAULT_TOL, PosteriorProblem, levenberg_marquardt, newton_decrement
 from .sites import split_sites
+from .softplus_coordinates import auxiliary_name, softplus_start
 
 __all__ = ["MAPResult", "PosteriorResult", "fit_map", "sample", "DEFAULT_STEP_SIZES"]
 
@@ -416,12 +417,17 @@ class PosteriorResult:
         Latent sites that were sampled.
     fixed : dict
         Sites held at fixed (MAP) values.
+    auxiliary : tuple of str
+        The coordinates NUTS moved instead of a sampled site (``spectrum_softplus``,
+        see :mod:`mobs_ppl.softplus_coordinates`): in ``mcmc``'s draws, left out of
+        :meth:`samples` and ArviZ.
     """
 
     model: SceneModel
     mcmc: MCMC
     sampled: tuple
     fixed: dict
+    auxiliary: tuple = ()
 
     def conditioned_model(self):
         """The model with the fixed sites conditioned (what NUTS sampled)."""
@@ -429,7 +435,8 @@ class PosteriorResult:
 
     def samples(self, group_by_chain: bool = False) -> dict:
         """Posterior draws of sampled and deterministic sites."""
-        return self.mcmc.get_samples(group_by_chain=group_by_chain)
+        draws = self.mcmc.get_samples(group_by_chain=group_by_chain)
+        return {k: v for k, v in draws.items() if k not in self.auxiliary}
 
     def to_arviz(self, log_likelihood: str = "auto"):
         """ArviZ ``InferenceData`` (``DataTree`` with ArviZ 1.x) with named dims.
@@ -474,6 +481,7 @@ def sample(
     target_accept_prob: float = 0.8,
     mass_matrix: str = "laplace",
     progress_bar: bool | None = None,
+    spectrum_coordinates: str = "softplus",
 ) -> PosteriorResult:
     """Posterior samples with NUTS, started at the MAP.
 
@@ -519,10 +527,22 @@ def sample(
     progress_bar : bool, optional
         NumPyro's progress bar. ``None`` (default): shown in interactive use (a
         terminal, IPython or Jupyter), not in scripts whose stderr is a file or a pipe.
+    spectrum_coordinates : {"softplus", "log"}
+        The coordinates NUTS moves the spectra in, when they are sampled with a
+        Laplace metric. ``"softplus"`` (default): ``spectrum = s * softplus(z)`` with
+        ``s`` each entry's conditional Laplace sd at the start
+        (:mod:`mobs_ppl.softplus_coordinates`): linear for fluxes measured well, an
+        exponential tail of unit width for fluxes consistent with zero. ``"log"``:
+        NumPyro's own ``spectrum = exp(u)``, whose funnel at zero flux diverges. The
+        draws of ``spectrum`` (and everything derived) are the same posterior either
+        way; only the sampler's efficiency differs.
     """
     if progress_bar is None:
         progress_bar = _interactive()
     mass_matrix = check_choice("mass_matrix", mass_matrix, ("laplace", "laplace+adapt", "adapt"))
+    spectrum_coordinates = check_choice(
+        "spectrum_coordinates", spectrum_coordinates, ("softplus", "log")
+    )
     chain_method = check_choice(
         "chain_method", chain_method, ("vectorized", "sequential", "parallel")
     )
@@ -538,10 +558,22 @@ def sample(
         dense_mass = sum(int(np.size(v)) for v in start.values()) <= MAX_DENSE_PARAMETERS
     conditioned = numpyro.handlers.condition(model, data=fixed)
     inverse_mass = None
+    init_values = start
+    auxiliary = ()
     adapt = mass_matrix != "laplace"
     if mass_matrix != "adapt":
         problem = unconstrained_problem(model, start, fixed, seed)
         inverse_mass, at_mode = start_inverse_mass_matrix(problem, dense=bool(dense_mass))
+        if spectrum_coordinates == "softplus" and "spectrum" in start:
+            softplus = softplus_start(problem, "spectrum", inverse_mass, bool(dense_mass))
+            conditioned = numpyro.handlers.reparam(
+                conditioned, config={"spectrum": softplus.reparam()}
+            )
+            # a start whose curvature is not positive in NumPyro's coordinates is no
+            # mode, whatever it is in these
+            inverse_mass, at_mode = softplus.inverse_mass, at_mode and softplus.at_mode
+            init_values = softplus.init_values(start)
+            auxiliary = (auxiliary_name("spectrum"),)
         if not at_mode and not adapt:
             warnings.warn(
                 "the start is not a mode of the sampled sites (the Hessian of the negative "
@@ -554,7 +586,7 @@ def sample(
             adapt = True
     kernel = NUTS(
         conditioned,
-        init_strategy=init_to_value(values=start),
+        init_strategy=init_to_value(values=init_values),
         dense_mass=dense_mass,
         target_accept_prob=target_accept_prob,
         inverse_mass_matrix=inverse_mass,
@@ -573,4 +605,6 @@ def sample(
         extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy"),
     )
     jax.block_until_ready((mcmc.get_samples(), mcmc.get_extra_fields()))
-    return PosteriorResult(model=model, mcmc=mcmc, sampled=tuple(start), fixed=fixed)
+    return PosteriorResult(
+        model=model, mcmc=mcmc, sampled=tuple(start), fixed=fixed, auxiliary=auxiliary
+    )
