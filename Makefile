@@ -48,7 +48,7 @@ $(DOCS_STAMP): pyproject.toml | $(BIN)/python
 
 ifeq ($(strip $(MOBS_PPL_DATA_DIR)),)
 ifneq ($(wildcard $(SHARED_DATA)/.),)
-demo test test-fast bench: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
+demo test test-fast bench docs: export MOBS_PPL_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
@@ -71,8 +71,14 @@ bench: venv
 	  if [ -f benchmarks/$$script.py ]; then $(BIN)/python benchmarks/$$script.py || exit 1; fi; \
 	done
 
+# The tutorials run (in their quick mode) when the COSMOS data are found, so that their
+# pages show output and figures; MOBS_PPL_DOCS_EXECUTE=0 builds without running them.
+MOBS_PPL_DOCS_EXECUTE ?= auto
+MOBS_PPL_TUTORIAL_QUICK ?= 1
+
 docs: $(DOCS_STAMP)
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	MOBS_PPL_DOCS_EXECUTE=$(MOBS_PPL_DOCS_EXECUTE) MOBS_PPL_TUTORIAL_QUICK=$(MOBS_PPL_TUTORIAL_QUICK) \
+	  $(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) results/ build/ dist/ src/*.egg-info docs/_build docs/tutorials .pytest_cache .ruff_cache

@@ -1,10 +1,12 @@
 """Sphinx configuration for the mobs_ppl documentation (MyST pages, myst-nb tutorials).
 
 Build with ``make docs`` (warnings are errors). The tutorials in ``tutorials/*.py``
-(jupytext percent scripts) are copied into ``docs/tutorials/`` at build time and shown
-as pages *without being run*: a full tutorial takes many minutes of fitting. Set
-``MOBS_PPL_DOCS_EXECUTE=1`` to run them (cached under ``docs/_build/.jupyter_cache``)
-and show their printed output and figures.
+(jupytext percent scripts) are copied into ``docs/tutorials/`` at build time and read
+as notebooks. ``MOBS_PPL_DOCS_EXECUTE`` says whether they run, so that their printed
+output and figures appear on their pages (cached under ``docs/_build/.jupyter_cache``,
+so only a changed tutorial runs again): ``1`` runs them, ``0`` (the default of a bare
+``sphinx-build``, and of the test suite's build) shows them unexecuted, ``auto`` (what
+``make docs`` passes) runs them when the COSMOS data are found without a download.
 """
 
 import os
@@ -39,7 +41,25 @@ myst_heading_anchors = 3
 # Tutorials: jupytext percent scripts, read by myst-nb as notebooks. Only the copies
 # under docs/tutorials/ are sources; conf.py (also a .py file) is excluded.
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
-nb_execution_mode = "cache" if os.environ.get("MOBS_PPL_DOCS_EXECUTE") == "1" else "off"
+
+
+def _execute_tutorials() -> bool:
+    wanted = os.environ.get("MOBS_PPL_DOCS_EXECUTE", "0").strip().lower()
+    if wanted != "auto":
+        return wanted in ("1", "true", "yes")
+    from mobs_ppl import datasets
+
+    try:
+        datasets.cosmos_files(download=False)
+    except OSError as err:
+        print(f"mobs_ppl docs: tutorials shown without being run ({err})")
+        return False
+    return True
+
+
+nb_execution_mode = "cache" if _execute_tutorials() else "off"
+# the tutorials write their figures and numbers here, not into the source tree
+os.environ.setdefault("MOBS_PPL_TUTORIAL_OUT", str(DOCS / "_build" / "tutorial_output"))
 nb_execution_timeout = 3600
 nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache")
 nb_execution_raise_on_error = True
