@@ -65,7 +65,7 @@ quick = os.environ.get("MOBS_PPL_TUTORIAL_QUICK", "0") not in ("", "0")
 hsc, catalog = mp.datasets.load_hsc_blend()
 print(hsc.name, hsc.shape, hsc.channels, f"{hsc.frame.pixel_scale.to(u.arcsec):.3f} / px")
 masked = (np.asarray(hsc.weights) == 0).mean(axis=(1, 2))
-print("masked fraction per band:", dict(zip(hsc.channels, masked.round(3), strict=True)))
+print("masked fraction per band:", dict(zip(hsc.channels, masked.round(3).tolist(), strict=True)))
 
 norm = mp.plot.AsinhAutomaticNorm(hsc)  # one asinh stretch per band, from its noise
 fig = mp.plot.observation(hsc, norm=norm, add_peaks=catalog, show_psf=True)
