@@ -1,9 +1,11 @@
-"""Example data sets: the COSMOS field seen by HST and HSC.
+"""Example data sets: the COSMOS field seen by HST and HSC, and one HSC blend.
 
 The field is a small public COSMOS cut-out imaged by HST ACS in F814W (0.03 arcsec
 pixels) and by Subaru HSC in g, r, i, z, y (0.168 arcsec pixels), as redistributed in
 the test data of the MIT-licensed scarlet repository. :func:`load_cosmos` turns the
 four FITS files into two ready :class:`~mobs_ppl.Observation` objects.
+:func:`load_hsc_blend` reads a single-instrument HSC blend of the same provenance (one
+``.npz`` file in ``hsc_blends/``) into an observation and its catalogue.
 
 Where the files are found, in this order:
 
@@ -38,9 +40,12 @@ __all__ = [
     "COSMOS_FILES",
     "DATA_DIR_ENV",
     "VERIFY_ENV",
+    "HSC_BLEND_FILE",
+    "HSC_BLEND_MASK_BITS",
     "DataFileError",
     "cosmos_files",
     "load_cosmos",
+    "load_hsc_blend",
 ]
 
 logger = logging.getLogger(__name__)
@@ -340,3 +345,156 @@ def load_cosmos(
         )
     hst, hsc = observations
     return hst, hsc
+
+
+#: Folder and name of the HSC blend file, and its SHA-256 hash.
+HSC_BLEND_FOLDER = "hsc_blends"
+HSC_BLEND_FILE = "hsc_cosmos_35.npz"
+HSC_BLEND_SHA256 = "d829803f7896698e394cbc7ab78b54d8845587243154d09420c44bb1425c754e"
+
+#: HSC pixel scale, arcsec per pixel.
+HSC_PIXEL_SCALE = 0.168
+
+#: Tangent point (RA, Dec in degrees) of the local WCS given to the HSC blend, which
+#: ships without one: a nominal COSMOS position, not the blend's true one.
+HSC_BLEND_TANGENT_POINT = (150.12, 2.21)
+
+#: Mask planes of the HSC (LSST science pipelines) bit mask that mark unusable pixels:
+#: ``{plane: bit}``. Pixels with any of these bits get zero weight. The other planes
+#: present in the file (DETECTED, CROSSTALK and coadd book-keeping bits) are
+#: informational and cover most pixels, sources included.
+HSC_BLEND_MASK_BITS = {
+    "BAD": 0,
+    "SAT": 1,
+    "INTRP": 2,
+    "CR": 3,
+    "EDGE": 4,
+    "SUSPECT": 7,
+    "NO_DATA": 8,
+}
+
+
+def _hsc_blend_path(data_dir, verify: bool | None) -> pathlib.Path:
+    """The HSC blend file from ``data_dir`` or ``MOBS_PPL_DATA_DIR``, hash-checked."""
+    if data_dir is not None:
+        root, source = pathlib.Path(data_dir).expanduser(), "data_dir argument"
+    else:
+        env = os.environ.get(DATA_DIR_ENV, "").strip()
+        if not env:
+            raise FileNotFoundError(
+                f"HSC blend data not found: pass data_dir=... (a directory holding "
+                f"{HSC_BLEND_FOLDER}/{HSC_BLEND_FILE}, that folder, or the file itself) or "
+                f"set the environment variable {DATA_DIR_ENV} to such a directory"
+            )
+        root, source = pathlib.Path(env).expanduser(), f"environment variable {DATA_DIR_ENV}"
+    candidates = [root / HSC_BLEND_FOLDER / HSC_BLEND_FILE, root / HSC_BLEND_FILE, root]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"HSC blend file {HSC_BLEND_FILE!r} not found in {str(root)!r} ({source}); "
+            f"expected {HSC_BLEND_FOLDER}/{HSC_BLEND_FILE} below it"
+        )
+    if _verify_wanted(verify):
+        import pooch
+
+        found = pooch.file_hash(str(path), alg="sha256")
+        if found != HSC_BLEND_SHA256:
+            raise DataFileError(
+                f"HSC blend file {str(path)!r} ({source}) is not the expected file: its "
+                f"SHA-256 is {found}, expected {HSC_BLEND_SHA256}. For files of your own, "
+                f"turn the check off with verify=False or {VERIFY_ENV}=0"
+            )
+    return path
+
+
+def _local_wcs(shape: tuple[int, int]) -> WCS:
+    """North-up, east-left TAN WCS at the HSC pixel scale, centred on the image."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = list(HSC_BLEND_TANGENT_POINT)
+    wcs.wcs.cd = np.diag([-HSC_PIXEL_SCALE, HSC_PIXEL_SCALE]) / 3600.0
+    wcs.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]  # FITS pixels start at 1
+    wcs.wcs.set()
+    return wcs
+
+
+def load_hsc_blend(
+    data_dir=None,
+    *,
+    mask_planes=tuple(HSC_BLEND_MASK_BITS),
+    verify: bool | None = None,
+):
+    """One HSC blend (g, r, i, z, y) as an observation, with its catalogue of sources.
+
+    Parameters
+    ----------
+    data_dir : str or path-like, optional
+        A directory holding ``hsc_blends/hsc_cosmos_35.npz`` (e.g. the shared
+        ``data/`` folder), that folder, or the file itself. By default the environment
+        variable ``MOBS_PPL_DATA_DIR``. Nothing is downloaded.
+    mask_planes : sequence of str
+        Planes of the HSC bit mask (keys of :data:`HSC_BLEND_MASK_BITS`) whose pixels
+        get zero weight; by default all of them (here: cosmic-ray tracks interpolated
+        over, INTRP and CR, a few percent of the pixels per band). ``()`` uses every
+        pixel.
+    verify : bool, optional
+        Check the file's SHA-256 hash (default: on, unless ``MOBS_PPL_VERIFY_DATA=0``).
+
+    Returns
+    -------
+    observation : Observation
+        Name ``"HSC"``, channels ``"g", "r", "i", "z", "y"``, data ``(5, 58, 48)`` in
+        the file's units (per 0.168 arcsec pixel), weights ``1 / variance`` from the
+        file's variance maps (zero where masked or where the variance is not positive),
+        PSF ``(5, 43, 43)``.
+    catalog : astropy.coordinates.SkyCoord
+        The file's 7 catalogue positions (pixel ``x``, ``y`` = array column, row),
+        through the observation's WCS: ``observation.frame.sky_to_pixel(catalog)``
+        gives them back as ``(y, x)``.
+
+    Notes
+    -----
+    The file carries no WCS. The observation gets a local, north-up TAN WCS at the
+    HSC pixel scale, centred on the image at the nominal position
+    :data:`HSC_BLEND_TANGENT_POINT`: sky positions are right *relative* to each other
+    (frames, catalogues, plots), not for matching against other surveys. The mask
+    planes are read with the standard bit layout of the LSST/HSC pipelines
+    (:data:`HSC_BLEND_MASK_BITS`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is not found (the message says where it was looked for).
+    DataFileError
+        If the file does not have its known hash (with ``verify``).
+    KeyError
+        For an unknown mask plane.
+    """
+    from astropy.coordinates import SkyCoord
+
+    path = _hsc_blend_path(data_dir, verify)
+    with np.load(path) as npz:
+        images = np.asarray(npz["images"], float)
+        variance = np.asarray(npz["variance"], float)
+        bits = np.asarray(npz["mask"], np.int64)
+        psfs = np.asarray(npz["psfs"], float)
+        channels = [str(band) for band in npz["filters"]]
+        catalog = npz["catalog"]
+    unknown = set(mask_planes) - set(HSC_BLEND_MASK_BITS)
+    if unknown:
+        raise KeyError(f"unknown mask planes {sorted(unknown)}; known: {list(HSC_BLEND_MASK_BITS)}")
+    flags = sum(1 << HSC_BLEND_MASK_BITS[plane] for plane in mask_planes)
+    good = np.isfinite(variance) & (variance > 0)
+    weights = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    wcs = _local_wcs(images.shape[1:])
+    observation = Observation(
+        images,
+        weights=weights,
+        psf=_prepare_psf(psfs, "HSC"),
+        wcs=wcs,
+        channels=channels,
+        name="HSC",
+        mask=((bits & flags) != 0) | ~np.isfinite(images),
+    )
+    coords = SkyCoord(wcs.pixel_to_world(catalog["x"], catalog["y"]))
+    return observation, coords
