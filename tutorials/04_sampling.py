@@ -35,6 +35,7 @@
 import json
 import os
 import pathlib
+import time
 
 import arviz as az
 import astropy.units as u
@@ -143,8 +144,12 @@ plt.close("all")
 
 # %%
 max_iter = 25 if quick else 300
+start = time.perf_counter()
 fit = mp.fit_map(model, max_iter=max_iter)
-print(f"MAP: {fit.iterations} steps, decrement {fit.decrement:.3f}, converged {fit.converged}")
+print(
+    f"MAP ({time.perf_counter() - start:.0f} s): {fit.iterations} steps, "
+    f"decrement {fit.decrement:.3f}, converged {fit.converged}"
+)
 fit = mp.fit_map(model, init=fit, sites=["spectrum", "shift"])
 print(f"conditional MAP: decrement {fit.decrement:.3g}, converged {fit.converged}")
 print("HSC shift, native HSC px:", fit.shift_native("HSC").round(4))
@@ -160,6 +165,7 @@ print("HSC shift, native HSC px:", fit.shift_native("HSC").round(4))
 
 # %%
 num_warmup, num_samples = (100, 150) if quick else (300, 1000)
+start = time.perf_counter()
 post = mp.sample(
     model,
     init=fit,
@@ -171,6 +177,7 @@ post = mp.sample(
     seed=0,
 )
 idata = post.to_arviz(log_likelihood="none")  # dims: source, channel, observation, axis
+print(f"NUTS: {time.perf_counter() - start:.0f} s for 4 x ({num_warmup} + {num_samples}) draws")
 print(idata.posterior["flux"].dims, idata.posterior["shift"].dims)
 
 # %% [markdown]
@@ -212,8 +219,10 @@ plt.close("all")
 # morphologies too: its *marginal* error bars are the honest ones, and wider.
 
 # %%
+start = time.perf_counter()
 conditional = mp.laplace(model, fit, sites=["spectrum", "shift"])
 marginal = mp.laplace(model, fit)
+print(f"Laplace, conditional and marginal: {time.perf_counter() - start:.0f} s")
 nuts_sd = idata.posterior["shift"].sel(observation="HSC").std(("chain", "draw")).values
 print("HSC shift sd, model px (y, x)")
 print("  NUTS, morphologies held:    ", nuts_sd.round(4))
