@@ -94,9 +94,10 @@ def _check_sampling(numbers):
     the marginal Laplace sd (morphologies free) is never below the conditional one.
 
     Measured in a quick run (target acceptance 0.95): 0 divergences, max R-hat 1.029,
-    min bulk ESS 281, 26.9 leapfrog steps per draw (at 0.8: 17 divergences). The
-    Laplace comparison of that run was lost to a crash of the marginal approximation
-    (now guarded), so the 30% tolerances are not yet measured against it.
+    min bulk ESS 281, 26.9 leapfrog steps per draw (at 0.8: 17 divergences); NUTS /
+    conditional Laplace shift sd 1.00 and 0.98, flux sd 0.91 to 1.05. The quick MAP (25
+    steps) is no mode of every site, so the marginal approximation raises there and is
+    skipped.
     """
     assert numbers["divergences"] == 0, numbers["divergences"]
     nuts = np.asarray(numbers["shift_sd_nuts"])
