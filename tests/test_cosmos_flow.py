@@ -2,7 +2,7 @@
 
 The fits of the field run elsewhere, once each: the joint-detection flow (HST, then what
 only HSC sees: a galaxy on the bottom edge of the HSC image) is the tutorial
-``multi_observation``, whose numbers ``test_tutorials.py`` checks (conditional Laplace
+``02_multi_observation``, whose numbers ``test_tutorials.py`` checks (conditional Laplace
 not off-mode, marginal error bars never narrower than conditional ones, every native
 band at chi2/dof <= 1.5, the decrement of the fit); ``benchmarks/map_fit.py`` fits both
 detections (HST alone, and joint) with Adam for comparison and the model-independent

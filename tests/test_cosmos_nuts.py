@@ -268,7 +268,7 @@ def test_nuts_health_on_cosmos(shared_data_dir):
     n_sources = info["sources"]
     assert 4 <= n_sources <= 10, n_sources
     # the sampler's health over the sites it samples: their mode, morphologies held at
-    # the start (the MAP of every site: the tutorial multi_observation)
+    # the start (the MAP of every site: the tutorial 02_multi_observation)
     fit = mp.fit_map(model, sites=["spectrum", "shift"])
     assert fit.converged and fit.losses[-1] < fit.losses[0]
     map_seconds = time.perf_counter() - start

@@ -242,7 +242,7 @@ print(json.dumps({k: numbers[k] for k in ("converged", "decrement", "chi2_per_do
 # %% [markdown]
 # ## Where to go next
 #
-# - `multi_observation`: the same kind of scene seen by HST and HSC together, with the
+# - `02_multi_observation`: the same kind of scene seen by HST and HSC together, with the
 #   astrometric offset between them fitted.
 # - `03_correlated_noise`: why resampled data need their correlated-noise model.
 # - `docs/inference.md`: `fit_map`, Laplace and NUTS options.

@@ -54,7 +54,7 @@ quick = os.environ.get("MOBS_PPL_TUTORIAL_QUICK", "0") not in ("", "0")
 # %% [markdown]
 # ## 1. Observations and the model frame
 #
-# The COSMOS field: HST F814W and HSC g, r, i, z, y (see the `multi_observation`
+# The COSMOS field: HST F814W and HSC g, r, i, z, y (see the `02_multi_observation`
 # tutorial). The model frame has HST's pixels and covers both images.
 
 # %%

@@ -762,7 +762,7 @@ def fit_field(
 
     Notes
     -----
-    The flow of ``tutorials/multi_observation.py``: a model frame over all
+    The flow of ``tutorials/02_multi_observation.py``: a model frame over all
     observations (``[frame] coverage``); noise models (``resample = true``: resampled
     once onto the frame with the exact correlated noise of the native data;
     ``noise = "measured"``: correlations measured from the data; otherwise independent
