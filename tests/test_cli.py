@@ -64,7 +64,7 @@ def test_failed_download_gives_a_readable_message(tmp_path, capsys, no_data):
 @pytest.fixture(scope="module")
 def simulated_demo(tmp_path_factory):
     """The demo with no data and no network, reduced (``--quick``): 2 galaxies, MAP,
-    Laplace and NUTS 2 x (30 + 30); about 2 minutes of one core."""
+    Laplace and NUTS 4 x (30 + 30); about 2 minutes of one core."""
     tmp_path = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
@@ -142,7 +142,7 @@ def test_demo_recovers_the_injected_shift(simulated_demo):
     printed = captured.out.getvalue()
     assert "shift of HSC" in printed and "true shift" in printed
     assert "fluxes against the truth" in printed
-    # 2 x (30 + 30) draws cannot mix: the demo says so rather than hiding it
+    # 4 x (30 + 30) draws cannot mix: the demo says so rather than hiding it
     assert "NUTS (morphologies held at the MAP), fluxes and shift: max r_hat" in printed
     assert "NOT mixed" in printed
 

@@ -902,7 +902,7 @@ def _diagnostics(idata) -> dict:
     # the physical quantities: the spectra of a galaxy's bulge and disk components can
     # trade light (their sum, the flux, is what the data measure) and mix slowly
     names = [v for v in DIAGNOSED_SITES if v in idata.posterior]
-    table = az.summary(idata, var_names=names, kind="diagnostics")
+    table = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
     r_hat = np.asarray(table["r_hat"], float)
     ess = np.asarray(table["ess_bulk"], float)
     return {
