@@ -70,7 +70,7 @@ print("masked fraction per band:", dict(zip(hsc.channels, masked.round(3).tolist
 norm = mp.plot.AsinhAutomaticNorm(hsc)  # one asinh stretch per band, from its noise
 fig = mp.plot.observation(hsc, norm=norm, add_peaks=catalog, show_psf=True)
 fig.savefig(out / "observation.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 2. The model frame
@@ -109,7 +109,7 @@ fig = mp.plot.scene(
     add_boxes=True,
 )
 fig.savefig(out / "initial_scene.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 4. The NumPyro model and its MAP
@@ -137,7 +137,7 @@ ax.set_yscale("log")
 ax.set_xlabel("Newton step")
 ax.set_ylabel("objective - its minimum + 1")
 fig.savefig(out / "convergence.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 5. How well does it fit?
@@ -161,7 +161,7 @@ fig = mp.plot.scene(
     add_boxes=True,
 )
 fig.savefig(out / "fit_scene.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # Each source should sit where the catalogue puts it: the light-weighted centre of its
@@ -218,7 +218,7 @@ ax.set_xlabel("band")
 ax.set_ylabel(f"flux (data units), {'marginal' if fit.converged else 'conditional'} 1 sd")
 ax.legend(title="source", fontsize=7, ncols=2)
 fig.savefig(out / "fluxes.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 7. Keep the numbers

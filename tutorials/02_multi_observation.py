@@ -62,7 +62,7 @@ fig = mp.plot.observation(hst, norm=mp.plot.AsinhAutomaticNorm(hst), show_psf=Tr
 fig.savefig(out / "hst.png")
 fig = mp.plot.observation(hsc, norm=mp.plot.AsinhAutomaticNorm(hsc), show_psf=True)
 fig.savefig(out / "hsc.png")
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 2. One model frame for both
@@ -111,7 +111,7 @@ fig = mp.plot.scene(
     add_boxes=True,
 )
 fig.savefig(out / "initial_hst.png")
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 5. The NumPyro model and its MAP
@@ -172,7 +172,7 @@ idata = post.to_arviz()  # dims: observation, axis, source, channel
 print(az.summary(idata, var_names=["shift_native"], round_to="none"))
 fig = mp.plot.corner(idata, var_names=["shift_native"])
 fig.savefig(out / "corner_shift.png")
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 7. Back to the native HSC pixels
@@ -197,7 +197,7 @@ fig = mp.plot.scene(
     add_boxes=True,
 )
 fig.savefig(out / "fit_hsc_native.png")
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 8. Keep the numbers

@@ -100,7 +100,7 @@ mp.plot.observation(hsc, norm=norm, ax=axes[0])
 mp.plot.observation(hsc_c, ax=axes[1])
 axes[1].set_title("HSC resampled onto the HST grid", fontsize=9)
 fig.savefig(out / "hsc_native_and_resampled.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 3. What the noise of resampled pixels looks like
@@ -146,7 +146,7 @@ axes[1].set_xlabel('lag along x (model pixels, 0.03")')
 axes[1].set_ylabel("correlation of pixel pairs")
 axes[1].legend(fontsize=8)
 fig.savefig(out / "noise_correlation.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 4. A fixed scene, three sets of error bars
@@ -228,7 +228,7 @@ ax.set_xlabel("source x band")
 ax.set_ylabel("flux sd ratio")
 ax.legend(fontsize=8)
 fig.savefig(out / "sd_ratios.png", dpi=150)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # Why the naive error bars shrink by the pixel-scale ratio: the marginal variance of a

@@ -131,7 +131,7 @@ fig = mp.plot.scene(
     scene, observation=hst_c, show_observed=True, show_residual=True, add_boxes=True
 )
 fig.savefig(out / "initial_hst.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 4. The MAP
@@ -215,7 +215,7 @@ fig = mp.plot.rank(idata, var_names=["flux"], coords={"source": [0], "channel": 
 fig.savefig(out / "rank_flux.png", dpi=DPI)
 fig = mp.plot.trace(idata, var_names=["shift"])
 fig.savefig(out / "trace_shift.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 7. NUTS against the Laplace approximation
@@ -254,7 +254,7 @@ fig.savefig(out / "corner_shift.png", dpi=DPI)
 # the shift with two fluxes of the brightest galaxy: HST's band and HSC's i
 fig = mp.plot.corner(idata.sel(source=[0], channel=["F814W", "i"]), var_names=["shift", "flux"])
 fig.savefig(out / "corner_shift_flux.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 8. Keep the numbers

@@ -199,7 +199,7 @@ fig = mp.plot.scene(
     show_residual=True,
 )
 fig.savefig(out / "fit_hsc_resampled.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 6. Chi-square per band, native pixels
@@ -257,7 +257,7 @@ ax.set_xlabel("(data - model) sqrt(w), native HSC pixels")
 ax.set_ylabel("density")
 ax.legend()
 fig.savefig(out / "residual_histogram.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 for values, label in ((pooled, "all"), (background, "background"), (on_sources, "on sources")):
     print(
         f"{label:>10}: {values.size:5d} pixels, mean {values.mean():+.3f}, sd {values.std():.3f}, "
@@ -322,7 +322,7 @@ for ax, chi, used, title in (
     ax.set_title(f"i band, {title}")
 fig.colorbar(shown, ax=axes, shrink=0.8, label="(data - model) sqrt(w)")
 fig.savefig(out / "residuals_native_vs_resampled.png", dpi=DPI)
-plt.close("all")
+plt.show()  # shown in a notebook (and on the docs pages); a no-op in a script
 
 # %% [markdown]
 # ## 9. Keep the numbers
