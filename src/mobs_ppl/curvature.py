@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["hessian", "hessian_diagonal", "inverse_metric"]
+__all__ = ["curvature_metric", "hessian", "hessian_diagonal", "inverse_metric"]
 
 
 def _exact_hessian(fn: Callable, x: jnp.ndarray, batch_size: int) -> np.ndarray:
@@ -134,3 +134,26 @@ def inverse_metric(hess: np.ndarray, floor: float = 1e-10) -> np.ndarray:
     largest = magnitude.max() if magnitude.size else 1.0
     magnitude = np.maximum(magnitude, floor * largest if largest > 0 else 1.0)
     return (vectors / magnitude) @ vectors.T
+
+
+def curvature_metric(potential, location, dense: bool) -> tuple:
+    """NUTS inverse mass matrix from the curvature of ``potential`` at ``location``.
+
+    Dense: the positive-definite inverse of the Hessian (:func:`inverse_metric`).
+    Otherwise: the inverse of the Hessian's absolute diagonal, floored at 1e-10 of its
+    largest entry, computed in linear memory.
+
+    Returns
+    -------
+    matrix : jax.Array
+        ``(n, n)`` or ``(n,)``.
+    at_mode : bool
+        Whether the curvature is positive (definite) there, as at a local mode.
+    """
+    if not dense:
+        diag = hessian_diagonal(potential, location)
+        magnitude = np.abs(diag)
+        floor = 1e-10 * magnitude.max() if magnitude.max() > 0 else 1.0
+        return jnp.asarray(1.0 / np.maximum(magnitude, floor)), bool(diag.min() > 0)
+    hess = hessian(potential, location)
+    return jnp.asarray(inverse_metric(hess)), bool(np.linalg.eigvalsh(hess).min() > 0)

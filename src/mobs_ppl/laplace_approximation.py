@@ -25,7 +25,7 @@ import numpy as np
 
 from ._checks import check_choice, check_int, check_positive
 from ._warnings import MobsPplWarning
-from .curvature import hessian, hessian_diagonal, inverse_metric
+from .curvature import curvature_metric, hessian, inverse_metric
 from .model import SceneModel
 from .newton import PosteriorProblem
 from .sites import split_sites
@@ -265,7 +265,8 @@ def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> tup
 
     With ``dense`` (or few parameters) the full Hessian is inverted; otherwise, for more
     than :data:`MAX_DENSE_PARAMETERS` parameters (non-parametric morphologies), the
-    diagonal metric is the inverse of the Hessian's diagonal, computed in linear memory.
+    diagonal metric is the inverse of the Hessian's diagonal, computed in linear memory
+    (:func:`curvature_metric`).
 
     Returns
     -------
@@ -286,14 +287,11 @@ def start_inverse_mass_matrix(problem: UnconstrainedProblem, dense: bool) -> tup
                 f"a dense mass matrix over {n} parameters is too large (at most "
                 f"{MAX_DENSE_PARAMETERS}): sample fewer sites or use dense_mass=False"
             )
-        diag = hessian_diagonal(problem.potential, problem.location)
-        magnitude = np.abs(diag)
-        floor = 1e-10 * magnitude.max() if magnitude.max() > 0 else 1.0
-        return jnp.asarray(1.0 / np.maximum(magnitude, floor)), bool(diag.min() > 0)
-    hess = hessian(problem.potential, problem.location)
-    cov = inverse_metric(hess)
-    at_mode = bool(np.linalg.eigvalsh(hess).min() > 0)
-    return jnp.asarray(cov if dense else np.diag(cov)), at_mode
+        return curvature_metric(problem.potential, problem.location, dense=False)
+    # below the limit the dense Hessian is cheap: its diagonal of the inverse is the
+    # better diagonal metric
+    matrix, at_mode = curvature_metric(problem.potential, problem.location, dense=True)
+    return (matrix if dense else jnp.diag(matrix)), at_mode
 
 
 def laplace(

@@ -31,7 +31,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.infer.reparam import Reparam
 
-from .curvature import hessian, hessian_diagonal, inverse_metric
+from .curvature import curvature_metric
 
 __all__ = ["ScaledSoftplus", "SoftplusStart", "auxiliary_name", "softplus_start"]
 
@@ -138,13 +138,10 @@ def softplus_start(problem, site: str, inverse_mass, dense: bool) -> SoftplusSta
     dense : bool
         Return a dense metric (else its diagonal, in memory linear in the parameters).
     """
-    location = problem.location
-    blocks = problem.unravel(location)
-    names = [name for name, _ in problem.coordinates.layout]
-    sizes = [int(np.prod(shape, dtype=int)) for _, shape in problem.coordinates.layout]
-    offsets = dict(zip(names, np.cumsum([0, *sizes[:-1]]), strict=True))
-    sizes = dict(zip(names, sizes, strict=True))
-    block = slice(int(offsets[site]), int(offsets[site] + sizes[site]))
+    blocks = problem.unravel(problem.location)
+    # where each site's entries sit in the flat vector
+    indices = problem.unravel(np.arange(problem.location.size))
+    block = np.ravel(indices[site])
     variance = np.diag(inverse_mass)[block] if dense else np.asarray(inverse_mass)[block]
     x = np.exp(np.asarray(blocks[site], float))
     scale = (x.ravel() * np.sqrt(np.maximum(variance, 0.0))).reshape(x.shape)
@@ -164,21 +161,9 @@ def softplus_start(problem, site: str, inverse_mass, dense: bool) -> SoftplusSta
         )
 
     w0 = problem.coordinates.ravel({**blocks, site: z0})
-    if dense:
-        hess = hessian(potential, w0)
-        metric = inverse_metric(hess)
-        at_mode = bool(np.linalg.eigvalsh(hess).min() > 0)
-    else:
-        diag = hessian_diagonal(potential, w0)
-        magnitude = np.abs(diag)
-        floor = 1e-10 * magnitude.max() if magnitude.max() > 0 else 1.0
-        metric = 1.0 / np.maximum(magnitude, floor)
-        at_mode = bool(diag.min() > 0)
+    metric, at_mode = curvature_metric(potential, w0, dense)
     # NUTS ravels its sites in sorted order, where the renamed site may move
-    renamed = {name: (auxiliary_name(name) if name == site else name) for name in names}
-    order = sorted(names, key=lambda name: renamed[name])
-    index = np.concatenate([np.arange(offsets[n], offsets[n] + sizes[n]) for n in order]).astype(
-        int
-    )
+    order = sorted(indices, key=lambda name: auxiliary_name(name) if name == site else name)
+    index = np.concatenate([np.ravel(indices[name]) for name in order]).astype(int)
     metric = metric[np.ix_(index, index)] if dense else metric[index]
     return SoftplusStart(site, scale, z0, jnp.asarray(metric), at_mode)
