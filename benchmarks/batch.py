@@ -7,10 +7,12 @@ into a fresh results folder. Each worker compiles the fit once (the first field 
 fits), so the rate includes that start-up and grows with fields per worker.
 
     .venv/bin/python benchmarks/batch.py [--fields 8] [--workers 1 2] [--max-iter 5]
+        [--cores-per-worker 0 1]
 
-Rows: workers, fields, cluster start (s), wall time from first submission to last
-result (s), fields per minute (fields / wall), median and largest per-field time on
-its worker (s: the largest is a first, compiling fit).
+Rows: workers, cores bound to each worker ("all": unbound), fields, cluster start
+(s), wall time from first submission to last result (s), fields per minute (fields /
+wall), median and largest per-field time on its worker (s: the largest is a first,
+compiling fit).
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=8, help="simulated fields (default 8)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts")
     parser.add_argument("--max-iter", type=int, default=5, help="Newton steps per MAP")
+    parser.add_argument(
+        "--cores-per-worker",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="cores bound to each worker; 0: unbound (default 0; e.g. 0 1 runs both)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # inherited by the worker processes
 
@@ -58,20 +67,22 @@ def main() -> None:
         f"MAP of {args.max_iter} Newton steps"
     )
     print(
-        "| workers | fields | cluster start (s) | wall (s) | fields / min "
+        "| workers | cores / worker | fields | cluster start (s) | wall (s) | fields / min "
         "| median fit (s) | max fit (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="mobs_ppl_batch_") as tmp:
         manifest = _fields(pathlib.Path(tmp), args.fields, args.max_iter)
-        for n in args.workers:
-            out = pathlib.Path(tmp) / f"out_{n}"
-            result = run_batch(manifest, out, workers=n, progress=False)
+        runs = [(n, k) for k in args.cores_per_worker for n in args.workers]
+        for n, k in runs:
+            out = pathlib.Path(tmp) / f"out_{n}_{k}"
+            result = run_batch(manifest, out, workers=n, progress=False, cores_per_worker=k or None)
             walls = [f.wall_s for f in result.fields if f.status == "done"]
             if len(walls) != args.fields:
                 raise SystemExit(f"{args.fields - len(walls)} fields failed: see {out}")
             print(
-                f"| {n} | {args.fields} | {result.start_s:.1f} | {result.wall_s:.1f} | "
+                f"| {n} | {k or 'all'} | {args.fields} | {result.start_s:.1f} | "
+                f"{result.wall_s:.1f} | "
                 f"{result.fields_per_minute:.2f} | {statistics.median(walls):.1f} | "
                 f"{max(walls):.1f} |"
             )

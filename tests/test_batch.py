@@ -281,6 +281,17 @@ def test_missing_manifest(tmp_path, capsys):
         ({"workers": 1.5}, TypeError, "workers"),
         ({"scheduler": ""}, TypeError, "scheduler must be 'local' or a scheduler address"),
         ({"scheduler": None}, TypeError, "scheduler must be 'local' or a scheduler address"),
+        (
+            {"scheduler": "tcp://127.0.0.1:1", "cores_per_worker": 1},
+            ValueError,
+            "cores_per_worker applies to",
+        ),
+        ({"cores_per_worker": 0}, ValueError, "cores_per_worker must be at least 1"),
+        (
+            {"workers": len(batch._usable_cores()) + 1, "cores_per_worker": 1},
+            ValueError,
+            "cores; this process may use",
+        ),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, kind, message):
@@ -288,6 +299,35 @@ def test_bad_arguments_are_named(tmp_path, kwargs, kind, message):
     with pytest.raises(kind, match=message):
         batch.run_batch(path, tmp_path / "out", progress=False, **kwargs)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_pinned_workers_run_on_cores_of_their_own():
+    """Each local worker, bound to one core, reports (from the OS) a core of its own."""
+    cores = batch._usable_cores()
+    n = min(2, len(cores))
+    client, closers = batch._cluster("local", n, n, cores_per_worker=1)
+    try:
+        seen = client.run(lambda: sorted(os.sched_getaffinity(0)))
+        # and a thread the worker starts later inherits the binding
+        later = client.run(_affinity_of_a_new_thread)
+    finally:
+        for closer in closers:
+            closer.close()
+    assert len(seen) == n
+    assert all(len(c) == 1 for c in seen.values()), seen
+    assert len({c[0] for c in seen.values()}) == n, seen  # no two share a core
+    assert later == seen
+
+
+def _affinity_of_a_new_thread():
+    import threading
+
+    found = []
+    thread = threading.Thread(target=lambda: found.append(sorted(os.sched_getaffinity(0))))
+    thread.start()
+    thread.join()
+    return found[0]
 
 
 def test_workers_must_be_a_positive_count_on_the_command_line(tmp_path, capsys):

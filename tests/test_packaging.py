@@ -46,7 +46,7 @@ LAYERS = (
         "arviz_io",
         "persistence",
     ),
-    ("plot", "workflow", "field", "batch", "cli"),
+    ("plot", "workflow", "field", "_core_pinning", "batch", "cli"),
 )
 
 

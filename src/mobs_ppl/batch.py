@@ -258,7 +258,9 @@ def _write_error(folder: pathlib.Path, error: dict) -> None:
     write_text(folder / _ERROR_FILE, json.dumps(error, indent=2) + "\n")
 
 
-def _write_report(out_dir: pathlib.Path, manifest, entries, scheduler, workers, result) -> None:
+def _write_report(
+    out_dir: pathlib.Path, manifest, entries, scheduler, workers, result, cores_per_worker=None
+) -> None:
     from .atomic import write_text
 
     configs = {e.name: str(e.config) for e in entries}
@@ -269,6 +271,7 @@ def _write_report(out_dir: pathlib.Path, manifest, entries, scheduler, workers, 
         "manifest": str(pathlib.Path(os.fspath(manifest)).resolve()),
         "scheduler": scheduler,
         "workers": workers,
+        "cores_per_worker": cores_per_worker,
         "counts": {s: result.count(s) for s in _STATUSES},
         "wall_s": result.wall_s,
         "start_s": result.start_s,
@@ -287,20 +290,59 @@ def _write_report(out_dir: pathlib.Path, manifest, entries, scheduler, workers, 
     write_text(out_dir / _BATCH_FILE, json.dumps(report, indent=2) + "\n")
 
 
-def _cluster(scheduler: str, workers: int | None, n_tasks: int):
+def _usable_cores() -> list[int]:
+    """The CPU cores this process may run on (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _local_workers(workers: int | None, n_tasks: int, cores_per_worker: int | None) -> int:
+    """Worker processes of the local cluster (see :func:`run_batch`)."""
+    if workers is not None:
+        return workers
+    per = cores_per_worker or 1
+    return max(1, min(len(_usable_cores()) // per, n_tasks))
+
+
+def _check_pinning(workers: int | None, cores_per_worker: int) -> None:
+    """Raise where ``cores_per_worker`` cannot give every worker cores of its own."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(
+            "cores_per_worker needs CPU affinity (os.sched_setaffinity), which this "
+            f"platform ({sys.platform}) lacks: leave it out"
+        )
+    cores = _usable_cores()
+    # without an explicit count, the workers are as many as the cores allow
+    n = workers if workers is not None else 1
+    if n * cores_per_worker > len(cores):
+        raise ValueError(
+            f"{n} workers x cores_per_worker={cores_per_worker} need "
+            f"{n * cores_per_worker} cores; this process may use {len(cores)}: ask for "
+            "fewer workers or fewer cores per worker"
+        )
+
+
+def _cluster(
+    scheduler: str, workers: int | None, n_tasks: int, cores_per_worker: int | None = None
+):
     """``(client, closers)``: a Dask client on a new LocalCluster or an existing scheduler."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler != "local":
         client = Client(scheduler)
         return client, [client]
-    n = workers if workers is not None else max(1, min(os.cpu_count() or 1, n_tasks))
+    n = _local_workers(workers, n_tasks, cores_per_worker)
     # one thread per process: a fit uses the cores of its process; no dashboard (the
     # port may be taken; connect to your own scheduler by address to watch one)
     cluster = LocalCluster(
         n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
     )
     client = Client(cluster)
+    if cores_per_worker is not None:
+        from ._core_pinning import PinCores
+
+        client.register_plugin(PinCores(cores_per_worker, _usable_cores()))
     return client, [client, cluster]
 
 
@@ -311,6 +353,7 @@ def run_batch(
     workers: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    cores_per_worker: int | None = None,
 ) -> BatchResult:
     """Fit every field of a manifest, one Dask task per field.
 
@@ -327,12 +370,19 @@ def run_batch(
         ``"tcp://10.0.0.1:8786"``), whose workers must import ``mobs_ppl`` and see the
         field files and ``out_dir`` at the same paths (a shared file system).
     workers : int, optional
-        Worker processes of the local cluster (default: the number of CPUs, at most one
-        per field to fit). Only with ``scheduler="local"``.
+        Worker processes of the local cluster (default: the number of CPUs, divided by
+        ``cores_per_worker`` where given, at most one per field to fit). Only with
+        ``scheduler="local"``.
     progress : bool
         Show a progress bar on stderr (fields finished).
     log : callable, optional
         Receives one line per finished field.
+    cores_per_worker : int, optional
+        Bind each local worker process to this many cores of its own (Linux CPU
+        affinity), so that the workers' JAX thread pools do not compete for the same
+        cores: ``workers * cores_per_worker`` may not exceed the cores this process may
+        use. Default: unbound (each worker's JAX uses every core). Only with
+        ``scheduler="local"``.
 
     Returns
     -------
@@ -369,6 +419,14 @@ def run_batch(
                 f"scheduler ({scheduler!r}) are its own"
             )
         workers = check_int("workers", workers, minimum=1)
+    if cores_per_worker is not None:
+        if scheduler != "local":
+            raise ValueError(
+                "cores_per_worker applies to scheduler='local' only: the workers of a "
+                f"running scheduler ({scheduler!r}) are its own"
+            )
+        cores_per_worker = check_int("cores_per_worker", cores_per_worker, minimum=1)
+        _check_pinning(workers, cores_per_worker)
     entries = load_manifest(manifest)
     out = pathlib.Path(os.fspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -390,11 +448,22 @@ def run_batch(
         return BatchResult(tuple(outcomes[e.name] for e in entries), **timing)
 
     def save():
-        _write_report(out, manifest, entries, scheduler, workers, report())
+        _write_report(out, manifest, entries, scheduler, workers, report(), cores_per_worker)
 
     try:
         if todo:
-            _run_tasks(todo, out, scheduler, workers, progress, emit, outcomes, timing, save)
+            _run_tasks(
+                todo,
+                out,
+                scheduler,
+                workers,
+                progress,
+                emit,
+                outcomes,
+                timing,
+                save,
+                cores_per_worker,
+            )
     finally:  # also after Ctrl-C: unfinished fields are "not run"
         for e in todo:  # finished on disk, but its result never reached us (interrupted)
             if outcomes[e.name].status == "not run" and (out / e.name / _SUMMARY_FILE).is_file():
@@ -403,7 +472,9 @@ def run_batch(
     return report()
 
 
-def _run_tasks(todo, out, scheduler, workers, progress, emit, outcomes, timing, save):
+def _run_tasks(
+    todo, out, scheduler, workers, progress, emit, outcomes, timing, save, cores_per_worker=None
+):
     """Submit the fits, record each as it finishes (``outcomes`` and ``timing`` updated)."""
     import secrets
 
@@ -411,7 +482,7 @@ def _run_tasks(todo, out, scheduler, workers, progress, emit, outcomes, timing, 
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    client, closers = _cluster(scheduler, workers, len(todo))
+    client, closers = _cluster(scheduler, workers, len(todo), cores_per_worker)
     try:
         timing["start_s"] = time.perf_counter() - start
         begin = time.perf_counter()

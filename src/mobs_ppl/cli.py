@@ -262,6 +262,16 @@ def _add_batch(commands) -> None:
         default=None,
         help="worker processes of the local cluster (default: CPUs, at most one per field)",
     )
+    batch.add_argument(
+        "--cores-per-worker",
+        type=_count(1),
+        default=None,
+        metavar="K",
+        help=(
+            "bind each local worker to K cores of its own (Linux), so that the workers' "
+            "JAX threads do not compete for the same cores (default: unbound)"
+        ),
+    )
     _add_debug(batch)
 
 
@@ -280,6 +290,7 @@ def _batch(args) -> int:
         args.out,
         scheduler=args.scheduler,
         workers=args.workers,
+        cores_per_worker=args.cores_per_worker,
         log=lambda line: tqdm.write("  " + line),
     )
     print(result.table())
