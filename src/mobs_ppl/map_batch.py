@@ -25,6 +25,7 @@ share them.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -54,7 +55,7 @@ __all__ = ["fit_map_batch", "stack_problems"]
 def _describe(problem: PosteriorProblem) -> dict:
     """What must agree between scenes for them to share one compiled step, by name."""
     model = problem.model
-    out = {"sites": problem.layout}
+    out = {}
     scene = getattr(model, "scene", None)
     if scene is not None:
         out["number of sources"] = len(scene.sources)
@@ -66,6 +67,7 @@ def _describe(problem: PosteriorProblem) -> dict:
     for obs in getattr(model, "observations", ()):
         shape = tuple(np.shape(getattr(obs, "data", ())))
         out[f"observation {obs.name!r}"] = f"data shape {shape}"
+    out["sites"] = problem.layout
     return out
 
 
@@ -126,38 +128,98 @@ def stack_problems(problems: Sequence[PosteriorProblem]) -> PosteriorProblem:
     return eqx.combine(stacked, static0)
 
 
+def _over_scenes(function, problems, arguments, wanted, vectorize: int):
+    """``function(problem, *arguments)`` of the wanted scenes, in one compiled call.
+
+    Scenes are scanned (``lax.map``) in chunks of ``vectorize`` vectorised ones
+    (``jax.vmap``); with ``vectorize=1`` a scene that is not wanted is skipped
+    (``lax.cond``), under ``vmap`` it is computed and discarded. Skipped scenes get
+    zeros.
+    """
+    arrays, static = eqx.partition(problems, eqx.is_array)
+
+    def one(item):
+        scene_arrays, scene_arguments, scene_wanted = item
+        problem = eqx.combine(scene_arrays, static)
+
+        def run(_):
+            return function(problem, *scene_arguments)
+
+        def skip(_):
+            shapes = jax.eval_shape(run, None)
+            return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+        return jax.lax.cond(scene_wanted, run, skip, None)
+
+    batch_size = None if vectorize <= 1 else vectorize
+    return jax.lax.map(one, (arrays, arguments, wanted), batch_size=batch_size)
+
+
+def _step_of(problem, z, key, damping, rtol, max_steps, n_projections=_PROJECTIONS):
+    return _step(problem, z, key, damping, rtol, max_steps, n_projections)[:6]
+
+
 @eqx.filter_jit
-def _batched_step(problems, z, keys, damping, rtol, max_steps, n_projections=_PROJECTIONS):
-    """:func:`mobs_ppl.newton._step` of every scene, vectorised (preconditioner left out)."""
-
-    def one(problem, z, key, damping, rtol, max_steps):
-        return _step(problem, z, key, damping, rtol, max_steps, n_projections)[:6]
-
-    return eqx.filter_vmap(one)(problems, z, keys, damping, rtol, max_steps)
+def _batched_step(problems, z, keys, damping, rtol, max_steps, wanted, vectorize):
+    """:func:`mobs_ppl.newton._step` of the wanted scenes (preconditioner left out)."""
+    arguments = (z, keys, damping, rtol, max_steps)
+    return _over_scenes(_step_of, problems, arguments, wanted, vectorize)
 
 
 @eqx.filter_jit
-def _batched_objective(problems, z):
-    return eqx.filter_vmap(lambda problem, z: problem.potential(z))(problems, z)
+def _batched_objective(problems, z, wanted, vectorize):
+    """The objective of the wanted scenes at ``z``."""
+    return _over_scenes(lambda p, z: p.potential(z), problems, (z,), wanted, vectorize)
 
 
 def _split_keys(keys):
-    pairs = jax.vmap(jax.random.split)(keys)
-    return pairs[:, 0], pairs[:, 1]
+    pairs = jax.vmap(jax.random.split)(jnp.asarray(keys))
+    return np.asarray(pairs[:, 0]), np.asarray(pairs[:, 1])
 
 
-def _decrements(problems, z, keys, wanted, dtype) -> np.ndarray:
-    """Undamped, tight decrements of the ``wanted`` scenes (``inf``: no mode), one call.
+def _decrement_of(decrement2: float) -> float:
+    """As :func:`mobs_ppl.newton._decrement`: ``inf`` where the solve found no mode."""
+    decrement2 = float(decrement2)
+    return math.sqrt(decrement2) if np.isfinite(decrement2) and decrement2 > 0 else math.inf
 
-    The other scenes' solves stop after one conjugate-gradient iteration.
+
+def _search_and_update(problems, z, finishing, controls, losses, vectorize) -> None:
+    """Shorten, take or refuse each finishing scene's step, as ``levenberg_marquardt`` does.
+
+    ``finishing`` holds ``(scene, objective at z, step)``; every round of trial
+    lengths is one compiled evaluation of the objective for the scenes still
+    searching. ``z`` (host array, one row per scene) and ``losses`` are updated in
+    place, and each scene's :class:`~mobs_ppl.newton.StepControl`.
     """
-    n = len(wanted)
-    damping = jnp.zeros(n, dtype)
-    rtol = jnp.full(n, _DECREMENT_RTOL, dtype)
-    max_steps = jnp.asarray(np.where(wanted, _DECREMENT_CG_STEPS, 1))
-    decrement2 = np.asarray(_batched_step(problems, z, keys, damping, rtol, max_steps)[4])
-    good = np.isfinite(decrement2) & (decrement2 > 0)
-    return np.where(good, np.sqrt(np.where(good, decrement2, 1.0)), np.inf)
+    n = z.shape[0]
+    length = [1.0] * n
+    ratio = [-1.0] * n
+    f_new = [math.nan] * n
+    trying = np.zeros(n, bool)
+    for i, _, _ in finishing:
+        trying[i] = controls[i].usable
+    steps = {i: (f, d) for i, f, d in finishing}
+    while trying.any():
+        trial = z.copy()
+        for i in np.flatnonzero(trying):
+            trial[i] = z[i] + length[i] * steps[i][1]
+        values = _batched_objective(problems, jnp.asarray(trial), jnp.asarray(trying), vectorize)
+        values = np.asarray(values)
+        for i in np.flatnonzero(trying):
+            f_new[i] = float(values[i])
+            ratio[i] = controls[i].gain(steps[i][0], f_new[i], length[i])
+            if controls[i].shorten(ratio[i], length[i]):
+                length[i] *= 0.5
+            else:
+                trying[i] = False
+    for i, (_, d) in steps.items():
+        if controls[i].update(ratio[i], length[i]):
+            z[i] = z[i] + length[i] * d
+            losses[i].append(f_new[i])
+
+
+# what each scene asks of the next compiled call
+_STEP, _CONFIRM, _FINAL, _DONE = range(4)
 
 
 def fit_map_batch(
@@ -169,6 +231,7 @@ def fit_map_batch(
     init: Sequence[Mapping | MAPResult | None] | None = None,
     progress_bar: bool = False,
     cg_max_steps: int = 100,
+    vectorize: int | None = None,
 ) -> list[MAPResult]:
     """MAP fits of many scenes of the same shapes, to the mode, in one compiled step.
 
@@ -200,6 +263,15 @@ def fit_map_batch(
         Show a tqdm bar of the steps, with the number of scenes still iterating.
     cg_max_steps : int
         Largest number of conjugate-gradient iterations per step.
+    vectorize : int, optional
+        How many scenes' steps are vectorised together (``jax.vmap``) inside the
+        compiled call; the chunks are scanned (``lax.map``) one after another. With 1
+        every scene runs its own solve to its own number of conjugate-gradient
+        iterations and a scene with nothing to do in a round (it is done) is skipped;
+        under ``vmap`` the scenes of a chunk run in lock step (the while loop of the
+        solve, and every branch of its phases, for all of them until the slowest is
+        done). Default: 1 on the CPU, where it was measured faster
+        (``benchmarks/map_batch.py``), every scene at once on an accelerator.
 
     Returns
     -------
@@ -223,11 +295,14 @@ def fit_map_batch(
 
     Notes
     -----
-    All scenes advance in lock step, and a vectorised solve runs as many
-    conjugate-gradient iterations as the slowest scene needs, so the throughput
-    gained over sequential fits is largest for many small scenes of similar
-    difficulty (where each step of a single fit costs more in dispatch than in
-    arithmetic). Scenes that are done are carried along at no extra host cost.
+    Every round is one compiled call in which each scene that is not done does the
+    next solve it needs: a Newton step, the tight undamped solve that confirms a small
+    decrement (``fit_map`` runs it as an extra call in the same iteration), or the
+    final decrement of a scene that stopped unconverged; then one compiled
+    evaluation of the objective per trial step length. A scene's sequence of solves
+    is the one ``fit_map`` runs, only scheduled with the others'. What is saved is
+    the host's work per step and per call (dispatch, transfers, Python), so the
+    gain is largest for many small scenes; rounds run until the slowest scene is done.
     """
     models = list(models)
     if not models:
@@ -251,94 +326,95 @@ def fit_map_batch(
     n = len(problems)
     dtype = problems[0].start.dtype
 
-    z = stacked.start
-    keys = jnp.broadcast_to(jax.random.PRNGKey(seed), (n, 2))
+    if vectorize is None:
+        vectorize = 1 if jax.default_backend() == "cpu" else n
+    vectorize = check_int("vectorize", vectorize, minimum=1)
+
+    z = np.array(stacked.start)
+    keys = np.array(jnp.broadcast_to(jax.random.PRNGKey(seed), (n, 2)))
+    step_keys = keys.copy()  # each scene's key of its last Newton step
     controls = [StepControl(tol) for _ in range(n)]
     losses = [[] for _ in range(n)]
+    pending = [None] * n  # (f, d) of a step whose decrement is being confirmed
     iterations = np.zeros(n, int)
     converged = np.zeros(n, bool)
     decrement = np.full(n, np.inf)
-    active = np.ones(n, bool)
+    state = np.full(n, _STEP)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(max_iter), desc="fit_map_batch")
-    for iteration in range(1, int(max_iter) + 1):
+    while (state != _DONE).any():
+        # one compiled call: a Newton step, a confirming undamped solve or the final
+        # decrement, whichever each scene is at
+        wanted = state != _DONE
         split, sub = _split_keys(keys)
-        keys = jnp.where(active[:, None], split, keys)
-        iterations[active] = iteration
-        damping = np.array([c.damping for c in controls], dtype)
-        rtol = np.array([c.rtol for c in controls], dtype)
-        max_steps = np.where(active, cg_max_steps, 1)
-        f, d, slope, quadratic, decrement2, _ = _batched_step(
-            stacked, z, sub, jnp.asarray(damping), jnp.asarray(rtol), jnp.asarray(max_steps)
+        renew = (state == _STEP) | (state == _FINAL)
+        keys[renew] = split[renew]
+        step_keys[state == _STEP] = sub[state == _STEP]
+        call_keys = np.where((state == _FINAL)[:, None], sub, step_keys)
+        tight = (state == _CONFIRM) | (state == _FINAL)
+        damping = np.where(tight, 0.0, [c.damping for c in controls])
+        rtol = np.where(tight, _DECREMENT_RTOL, [c.rtol for c in controls])
+        max_steps = np.where(tight, _DECREMENT_CG_STEPS, cg_max_steps)
+        outputs = _batched_step(
+            stacked,
+            jnp.asarray(z),
+            jnp.asarray(call_keys),
+            jnp.asarray(damping, dtype),
+            jnp.asarray(rtol, dtype),
+            jnp.asarray(max_steps),
+            jnp.asarray(wanted),
+            vectorize,
         )
-        f, slope, quadratic, decrement2 = (
-            np.asarray(x, float) for x in (f, slope, quadratic, decrement2)
-        )
-        if iteration == 1:
-            for i in range(n):
-                try:
-                    check_start_objective(f[i])
-                except FloatingPointError as error:
-                    raise FloatingPointError(f"scene {i}: {error}") from None
-                losses[i].append(float(f[i]))
-        for i in np.flatnonzero(active):
-            controls[i].assess(slope[i], quadratic[i], decrement2[i])
-        confirm = active & np.array([c.wants_confirmation() for c in controls])
-        if confirm.any():
-            confirmed = _decrements(stacked, z, sub, confirm, dtype)
-            for i in np.flatnonzero(confirm):
-                decrement[i] = confirmed[i]
-                if confirmed[i] < tol:
+        f, d, slope, quadratic, decrement2, _ = (np.asarray(x) for x in outputs)
+        finishing = []  # scenes whose step is now searched along and taken or refused
+        for i in np.flatnonzero(wanted):
+            if state[i] == _STEP:
+                iterations[i] += 1
+                if not losses[i]:
+                    try:
+                        check_start_objective(f[i])
+                    except FloatingPointError as error:
+                        raise FloatingPointError(f"scene {i}: {error}") from None
+                    losses[i].append(float(f[i]))
+                controls[i].assess(slope[i], quadratic[i], decrement2[i])
+                if controls[i].wants_confirmation():
+                    pending[i] = (float(f[i]), d[i].copy())
+                    state[i] = _CONFIRM
+                else:
+                    finishing.append((i, float(f[i]), d[i]))
+            elif state[i] == _CONFIRM:
+                decrement[i] = _decrement_of(decrement2[i])
+                if decrement[i] < tol:
                     converged[i] = True
-                    active[i] = False
+                    state[i] = _DONE
                 else:
                     controls[i].confirmation_failed()
-        searching = active & np.array([c.usable for c in controls])
-        ratio = np.full(n, -1.0)
-        length = np.ones(n)
-        f_new = np.full(n, np.nan)
-        trying = searching.copy()
-        while trying.any():
-            trial = z + jnp.asarray(np.where(trying, length, 0.0), dtype)[:, None] * d
-            values = np.asarray(_batched_objective(stacked, trial), float)
-            for i in np.flatnonzero(trying):
-                f_new[i] = values[i]
-                ratio[i] = controls[i].gain(f[i], f_new[i], length[i])
-                if controls[i].shorten(ratio[i], length[i]):
-                    length[i] *= 0.5
-                else:
-                    trying[i] = False
-        accepted = np.zeros(n, bool)
-        for i in np.flatnonzero(active):
-            accepted[i] = controls[i].update(ratio[i], length[i])
-            if accepted[i]:
-                losses[i].append(float(f_new[i]))
-            if controls[i].stalled:
-                active[i] = False
-        move = jnp.asarray(np.where(accepted, length, 0.0), dtype)[:, None] * d
-        z = jnp.where(jnp.asarray(accepted)[:, None], z + move, z)
+                    finishing.append((i, *pending[i]))
+                    state[i] = _STEP
+                pending[i] = None
+            else:  # _FINAL
+                decrement[i] = _decrement_of(decrement2[i])
+                converged[i] = decrement[i] < tol
+                state[i] = _DONE
+        _search_and_update(stacked, z, finishing, controls, losses, vectorize)
+        for i, _, _ in finishing:
+            if controls[i].stalled or iterations[i] >= max_iter:
+                state[i] = _FINAL
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(iterating=int(active.sum()))
-        if not active.any():
-            break
+            bar.n = int(iterations.max())
+            bar.set_postfix(iterating=int((state != _DONE).sum()))
+            bar.refresh()
     if bar is not None:
         bar.close()
-    unfinished = ~converged
-    if unfinished.any():
-        _, sub = _split_keys(keys)
-        final = _decrements(stacked, z, sub, unfinished, dtype)
-        decrement[unfinished] = final[unfinished]
-        converged[unfinished] = final[unfinished] < tol
     results = []
     for i, (model, problem) in enumerate(zip(models, problems, strict=True)):
         results.append(
             MAPResult(
                 model=model,
-                params={**fixed[i], **problem.values(z[i])},
+                params={**fixed[i], **problem.values(jnp.asarray(z[i]))},
                 losses=np.asarray(losses[i]),
                 best_iteration=len(losses[i]) - 1,
                 converged=bool(converged[i]),
