@@ -14,6 +14,8 @@ noise (seeds 0, 1, ...), and share every shape. Printed as a markdown table:
   objective, once per batch size and structure);
 * ``wall s``: the second run (everything compiled);
 * ``blends / min``: with and without the compilation;
+* ``vectorize=N`` rows: the same batch with every scene's step vectorised by
+  ``jax.vmap`` (lock step) instead of scanned one after another (the CPU default);
 * ``steps``: Newton steps of the slowest blend of the batch (median over blends for
   the sequential fits).
 
@@ -42,12 +44,12 @@ import mobs_ppl as mp  # noqa: E402
 from blends import blend_model  # noqa: E402
 
 
-def _batched(models) -> tuple[float, float, int, bool]:
+def _batched(models, vectorize=None) -> tuple[float, float, int, bool]:
     start = time.perf_counter()
-    mp.fit_map_batch(models)
+    mp.fit_map_batch(models, vectorize=vectorize)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    fits = mp.fit_map_batch(models)
+    fits = mp.fit_map_batch(models, vectorize=vectorize)
     second = time.perf_counter() - start
     return first, second, max(f.iterations for f in fits), all(f.converged for f in fits)
 
@@ -69,6 +71,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--sequential", type=int, default=64)
     parser.add_argument("--sources", type=int, default=3)
+    parser.add_argument(
+        "--vmap", type=int, nargs="*", default=[64], help="batch sizes also run fully vmapped"
+    )
     args = parser.parse_args(argv)
 
     n_max = max([*args.sizes, args.sequential])
@@ -80,6 +85,7 @@ def main(argv=None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     rows = [("fit_map, one by one", args.sequential, _sequential(models[: args.sequential]))]
     rows += [("fit_map_batch", n, _batched(models[:n])) for n in args.sizes]
+    rows += [(f"fit_map_batch, vectorize={n}", n, _batched(models[:n], n)) for n in args.vmap]
     for name, n, (compile_s, wall, steps, converged) in rows:
         print(
             f"| {name} | {n} | {compile_s:.1f} | {wall:.2f} | {60 * n / wall:.0f} | "
