@@ -80,7 +80,8 @@ def main(argv=None) -> None:
     models = [blend_model(seed, n_sources=args.sources) for seed in range(n_max)]
     print(f"jax {jax.__version__} on {jax.default_backend()}, float64, load {os.getloadavg()}\n")
     print(
-        "| fit | blends | compile s | wall s | blends / min | with compile | steps | all converged |"
+        "| fit | blends | compile s | wall s | blends / min | with compile | steps "
+        "| all converged |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     rows = [("fit_map, one by one", args.sequential, _sequential(models[: args.sequential]))]

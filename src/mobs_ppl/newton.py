@@ -179,7 +179,9 @@ class PosteriorProblem(eqx.Module):
     def build(cls, model, start: Mapping, fixed: Mapping | None = None) -> PosteriorProblem:
         """The problem of ``model`` over the sites of ``start``, ``fixed`` held."""
         fixed = {k: jnp.asarray(v) for k, v in dict(fixed or {}).items()}
-        conditioned = handlers.condition(model, data=fixed)
+        # the supports are all that is needed: the prior alone (nothing is rendered)
+        prior_only = functools.partial(model, likelihood=False)
+        conditioned = handlers.condition(prior_only, data=fixed)
         trace = handlers.trace(handlers.substitute(conditioned, data=dict(start))).get_trace()
         names = sorted(start)
         lower, upper, values = {}, {}, {}
