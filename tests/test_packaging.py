@@ -42,6 +42,7 @@ LAYERS = (
         "curvature",
         "softplus_coordinates",
         "inference",
+        "map_batch",
         "laplace_approximation",
         "arviz_io",
         "persistence",

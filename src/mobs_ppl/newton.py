@@ -179,7 +179,9 @@ class PosteriorProblem(eqx.Module):
     def build(cls, model, start: Mapping, fixed: Mapping | None = None) -> PosteriorProblem:
         """The problem of ``model`` over the sites of ``start``, ``fixed`` held."""
         fixed = {k: jnp.asarray(v) for k, v in dict(fixed or {}).items()}
-        conditioned = handlers.condition(model, data=fixed)
+        # the supports are all that is needed: the prior alone (nothing is rendered)
+        prior_only = functools.partial(model, likelihood=False)
+        conditioned = handlers.condition(prior_only, data=fixed)
         trace = handlers.trace(handlers.substitute(conditioned, data=dict(start))).get_trace()
         names = sorted(start)
         lower, upper, values = {}, {}, {}
@@ -668,6 +670,111 @@ def gauss_newton_preconditioner(
     return _step(problem, z, key, *settings, int(n_projections))[6]
 
 
+def check_start_objective(f) -> None:
+    """Raise ``FloatingPointError`` where the objective at the starting point is not finite."""
+    if not np.isfinite(float(f)):
+        raise FloatingPointError(
+            f"the objective is {float(f)} at the starting point: check the initial "
+            "values and the data (NaN pixels with weight?)"
+        )
+
+
+class StepControl:
+    """The host-side decisions of one Levenberg-Marquardt iteration, for one scene.
+
+    :func:`levenberg_marquardt` holds one, :func:`mobs_ppl.fit_map_batch` one per scene:
+    the damping and its growth factor (Nielsen's rule), the conjugate-gradient
+    precision of the next solve, and when to confirm a small decrement with a tight
+    undamped solve, so that a batched fit makes the decisions of a fit on its own.
+
+    Parameters
+    ----------
+    tol : float
+        The bound on the Newton decrement of a converged fit.
+    """
+
+    def __init__(self, tol: float):
+        self.tol = float(tol)
+        self.damping, self.nu = 1e-3, 2.0
+        self.rtol = 0.1
+        self.confirm_below = float(tol)
+        self.estimate = math.inf
+        self.usable = False
+        self.slope = self.quadratic = math.nan
+
+    def settings(self, cg_max_steps: int) -> tuple[float, float, int]:
+        """``(damping, rtol, max_steps)`` of the next step's solve."""
+        return self.damping, self.rtol, cg_max_steps
+
+    def assess(self, slope, quadratic, decrement2) -> bool:
+        """Take a step's ``g . d``, ``d . H d`` and damped squared decrement.
+
+        Returns whether the step is usable: a finite positive decrement and a
+        predicted decrease. Sets :attr:`estimate`, the damped solve's decrement
+        (``nan`` for an unusable step).
+        """
+        self.slope, self.quadratic = float(slope), float(quadratic)
+        predicted = -(self.slope + 0.5 * self.quadratic)
+        decrement2 = float(decrement2)
+        self.usable = bool(np.isfinite(decrement2) and decrement2 > 0 and predicted > 0)
+        self.estimate = math.sqrt(decrement2) if self.usable else math.nan
+        return self.usable
+
+    def wants_confirmation(self) -> bool:
+        """Whether to confirm convergence with a tight undamped solve now.
+
+        The damped solve's decrement, scaled up by the damping (with the Jacobi
+        damping, ``(H + lambda D)^-1`` is about ``H^-1 / (1 + lambda)``), is below the
+        tolerance. The solve costs up to ``_DECREMENT_CG_STEPS`` products, so after a
+        failed confirmation the estimate must halve before the next
+        (:meth:`confirmation_failed`).
+        """
+        return self.usable and self.estimate * math.sqrt(1.0 + self.damping) < self.confirm_below
+
+    def confirmation_failed(self) -> None:
+        """The undamped decrement was above the tolerance: confirm again at half the estimate."""
+        self.confirm_below = 0.5 * self.estimate
+
+    def gain(self, f: float, f_new: float, length: float) -> float:
+        """Ratio of the actual to the predicted decrease for a step of ``length`` times ``d``."""
+        predicted = -(length * self.slope + 0.5 * length**2 * self.quadratic)
+        return (f - f_new) / predicted if np.isfinite(f_new) else -1.0
+
+    @staticmethod
+    def shorten(ratio: float, length: float) -> bool:
+        """Whether to try half the step along the same direction before damping more.
+
+        A step the quadratic model got wrong: shorter steps cost one evaluation of the
+        objective each (on COSMOS, where a direction of strong nonlinearity turns up
+        every ten steps or so, this saves most of the steps that raising and lowering
+        the damping again would take).
+        """
+        return ratio <= _GAIN_ACCEPT and length > _SHORTEST_STEP
+
+    def update(self, ratio: float, length: float) -> bool:
+        """Adapt the damping to the step's gain ratio; returns whether the step is taken.
+
+        A rejected step (no shorter step decreases the objective either, or the solve
+        is no descent direction) damps more.
+        """
+        if self.usable and ratio > _GAIN_ACCEPT:
+            if length < 1.0:
+                self.damping *= 2.0
+            else:
+                self.damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+            self.nu = 2.0
+            self.rtol = float(np.clip(0.1 * self.estimate, 1e-4, 0.1))
+            return True
+        self.damping *= self.nu
+        self.nu *= 2.0
+        return False
+
+    @property
+    def stalled(self) -> bool:
+        """Damped so much that no step will move: stop."""
+        return self.damping > 1e12
+
+
 def levenberg_marquardt(
     problem: PosteriorProblem,
     z0=None,
@@ -724,10 +831,8 @@ def levenberg_marquardt(
     start = time.perf_counter()
     z = problem.start if z0 is None else jnp.asarray(z0, dtype=problem.start.dtype)
     key = jax.random.PRNGKey(seed)
-    damping, nu = 1e-3, 2.0
-    decrement, estimate = math.inf, math.inf
-    confirm_below = float(tol)
-    rtol = 0.1
+    control = StepControl(tol)
+    decrement = math.inf
     losses, cg_steps = [], []
     bar = None
     if progress_bar:
@@ -738,71 +843,41 @@ def levenberg_marquardt(
     iterations = 0
     for iterations in range(1, int(max_iter) + 1):  # noqa: B007 - used after the loop
         key, sub = jax.random.split(key)
-        f, d, slope, quadratic, decrement2, n_cg, _ = step(z, sub, damping, rtol, cg_max_steps)
-        slope, quadratic = float(slope), float(quadratic)
-        predicted = -(slope + 0.5 * quadratic)
+        f, d, slope, quadratic, decrement2, n_cg, _ = step(z, sub, *control.settings(cg_max_steps))
         if not losses:
-            if not np.isfinite(float(f)):
-                raise FloatingPointError(
-                    f"the objective is {float(f)} at the starting point: check the initial "
-                    "values and the data (NaN pixels with weight?)"
-                )
+            check_start_objective(f)
             losses.append(float(f))
         cg_steps.append(int(n_cg))
-        decrement2 = float(decrement2)
-        usable = np.isfinite(decrement2) and decrement2 > 0 and predicted > 0
-        estimate = math.sqrt(decrement2) if usable else math.nan
-        if usable and estimate * math.sqrt(1.0 + damping) < confirm_below:
-            # the damped solve's decrement, scaled up by the damping (with the Jacobi
-            # damping, (H + lambda D)^-1 is about H^-1 / (1 + lambda)), is below the
-            # tolerance: confirm with a tight undamped solve (which costs up to
-            # _DECREMENT_CG_STEPS products, so after a failed confirmation the estimate
-            # must halve before the next)
+        control.assess(slope, quadratic, decrement2)
+        if control.wants_confirmation():
             decrement = _decrement(step, z, sub)
             if log is not None:
                 log(f"step {iterations}: undamped decrement {decrement:.3g} (tolerance {tol})")
             if decrement < tol:
                 converged = True
                 break
-            confirm_below = 0.5 * estimate
+            control.confirmation_failed()
         ratio, length = -1.0, 1.0
-        if usable:
+        if control.usable:
             f_new = float(objective(z + d))
-            ratio = (float(f) - f_new) / predicted if np.isfinite(f_new) else -1.0
-            # a step the quadratic model got wrong: before damping more (and solving
-            # again), try shorter steps along the same direction, which cost one
-            # evaluation of the objective each (on COSMOS, where a direction of strong
-            # nonlinearity turns up every ten steps or so, this saves most of the
-            # steps that raising and lowering the damping again would take)
-            while ratio <= _GAIN_ACCEPT and length > _SHORTEST_STEP:
+            ratio = control.gain(float(f), f_new, length)
+            while control.shorten(ratio, length):
                 length *= 0.5
-                shorter = -(length * slope + 0.5 * length**2 * quadratic)
                 f_new = float(objective(z + length * d))
-                ratio = (float(f) - f_new) / shorter if np.isfinite(f_new) else -1.0
-        if usable and ratio > _GAIN_ACCEPT:
+                ratio = control.gain(float(f), f_new, length)
+        if control.update(ratio, length):
             z = z + length * d
             losses.append(f_new)
-            if length < 1.0:
-                damping *= 2.0
-            else:
-                damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
-            nu = 2.0
-            rtol = float(np.clip(0.1 * estimate, 1e-4, 0.1))
-        else:
-            # no shorter step decreases the objective either, or the solve is no
-            # descent direction: damp more
-            damping *= nu
-            nu *= 2.0
         if log is not None:
             log(
-                f"step {iterations}: objective {losses[-1]:.8g}, decrement ~{estimate:.3g}, "
-                f"damping {damping:.2g}, gain ratio {ratio:.3g}, step length {length:.3g}, "
-                f"CG {int(n_cg)}"
+                f"step {iterations}: objective {losses[-1]:.8g}, decrement "
+                f"~{control.estimate:.3g}, damping {control.damping:.2g}, gain ratio "
+                f"{ratio:.3g}, step length {length:.3g}, CG {int(n_cg)}"
             )
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.6g}", decrement=f"{estimate:.3g}")
-        if damping > 1e12:
+            bar.set_postfix(loss=f"{losses[-1]:.6g}", decrement=f"{control.estimate:.3g}")
+        if control.stalled:
             break
     if bar is not None:
         bar.close()
