@@ -91,8 +91,9 @@ def _check_quickstart(numbers):
     plus the asymmetry of blended light). Marginal flux error bars (every site free)
     can never be narrower than conditional ones (morphologies held), beyond the 1e-6
     relative rounding of the matrix-free solves. All of these need the fit at its
-    mode; until it gets there (measured: decrement 59 after 300 steps, chi2/dof r 6.2,
-    source 6 7.3 px off) they are an expected failure.
+    mode; until it gets there they are an expected failure (measured with the star as
+    a point source: decrement 26 after 300 steps, chi2/dof 1.11-1.43, the four faint
+    sources 3.5-5.5 px off; with the star a free morphology: decrement 59, r 6.2).
     """
     chi2 = numbers["chi2_per_dof"]
     assert set(chi2) == {"g", "r", "i", "z", "y"}
