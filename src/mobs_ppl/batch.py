@@ -305,6 +305,15 @@ def _local_workers(workers: int | None, n_tasks: int, cores_per_worker: int | No
     return max(1, min(len(_usable_cores()) // per, n_tasks))
 
 
+def _local_only(name: str, scheduler: str) -> None:
+    """Raise for a setting of the local cluster given with a scheduler address."""
+    if scheduler != "local":
+        raise ValueError(
+            f"{name} applies to scheduler='local' only: the workers of a running "
+            f"scheduler ({scheduler!r}) are its own"
+        )
+
+
 def _check_pinning(workers: int | None, cores_per_worker: int) -> None:
     """Raise where ``cores_per_worker`` cannot give every worker cores of its own."""
     if not hasattr(os, "sched_setaffinity"):
@@ -413,18 +422,10 @@ def run_batch(
             f"scheduler must be 'local' or a scheduler address (string); got {scheduler!r}"
         )
     if workers is not None:
-        if scheduler != "local":
-            raise ValueError(
-                "workers applies to scheduler='local' only: the workers of a running "
-                f"scheduler ({scheduler!r}) are its own"
-            )
+        _local_only("workers", scheduler)
         workers = check_int("workers", workers, minimum=1)
     if cores_per_worker is not None:
-        if scheduler != "local":
-            raise ValueError(
-                "cores_per_worker applies to scheduler='local' only: the workers of a "
-                f"running scheduler ({scheduler!r}) are its own"
-            )
+        _local_only("cores_per_worker", scheduler)
         cores_per_worker = check_int("cores_per_worker", cores_per_worker, minimum=1)
         _check_pinning(workers, cores_per_worker)
     entries = load_manifest(manifest)
