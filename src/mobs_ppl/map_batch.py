@@ -1,10 +1,13 @@
-"""MAP fits of many scenes of the same shapes, one compiled, vectorised step for all.
+"""MAP fits of many scenes of the same shapes, one compiled call per round for all.
 
 :func:`fit_map_batch` runs the damped Gauss-Newton iteration of :func:`mobs_ppl.fit_map`
 (:func:`mobs_ppl.newton.levenberg_marquardt`) on N scenes at once: their
 :class:`~mobs_ppl.newton.PosteriorProblem` pytrees are stacked leaf by leaf, and every
-iteration runs one ``jax.vmap``-ed Newton step (and one vectorised evaluation of the
-objective per trial step length) for all of them. The decisions between steps -- accept
+round runs one compiled call of the Newton step (and one of the objective per trial
+step length) for all of them: inside it the scenes are scanned (``lax.map``) in chunks
+of ``vectorize`` scenes that are ``jax.vmap``-ed together (default: 1 on a CPU, where
+vmapping the step's while loop computed every branch for every scene and was slower;
+all scenes on an accelerator). The decisions between steps -- accept
 or shorten a step, damp more, confirm the decrement with a tight undamped solve -- are
 taken per scene on the host by the same :class:`~mobs_ppl.newton.StepControl` that
 ``fit_map`` uses, so each scene follows the path it would follow on its own: the same
