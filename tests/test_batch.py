@@ -330,7 +330,18 @@ def _affinity_of_a_new_thread():
     return found[0]
 
 
-def test_workers_must_be_a_positive_count_on_the_command_line(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--workers", "--cores-per-worker"])
+def test_counts_must_be_positive_on_the_command_line(tmp_path, capsys, option):
     with pytest.raises(SystemExit):
-        cli.main(["batch", "m.toml", "--out", str(tmp_path), "--workers", "0"])
-    assert "--workers: must be at least 1" in capsys.readouterr().err
+        cli.main(["batch", "m.toml", "--out", str(tmp_path), option, "0"])
+    assert f"{option}: must be at least 1" in capsys.readouterr().err
+
+
+def test_cores_per_worker_reaches_run_batch(tmp_path, capsys):
+    """The command line passes --cores-per-worker on (checked before any cluster starts)."""
+    manifest = _manifest(tmp_path, '[[field]]\nname = "a"\nconfig = "field.toml"\n')
+    too_many = str(len(batch._usable_cores()) + 1)
+    argv = ["batch", str(manifest), "--out", str(tmp_path / "out"), "--workers", too_many]
+    assert cli.main([*argv, "--cores-per-worker", "1"]) == 1
+    assert "cores; this process may use" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
