@@ -473,6 +473,40 @@ def run_batch(
     return report()
 
 
+def _interruptible(iterator):
+    """Yield from ``iterator``; a Ctrl-C (SIGINT) always ends the loop, even if swallowed.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread is when the signal
+    arrives; raised inside a finaliser or a callback whose errors are ignored, it is
+    lost, and the batch would run on. A handler therefore also records the signal, and
+    the loop raises ``KeyboardInterrupt`` itself at the next finished field. The
+    previous handler is restored at the end (outside the main thread, where no handler
+    can be installed, the iterator is passed through).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield from iterator
+        return
+    received = []
+
+    def on_interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        for item in iterator:
+            if received:
+                raise KeyboardInterrupt
+            yield item
+            if received:
+                raise KeyboardInterrupt
+    finally:  # None: a handler not set from Python, left as the default
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
 def _run_tasks(
     todo, out, scheduler, workers, progress, emit, outcomes, timing, save, cores_per_worker=None
 ):
@@ -502,7 +536,7 @@ def _run_tasks(
             total=len(todo), desc="fields", unit="field", file=sys.stderr, disable=not progress
         )
         try:
-            for future in as_completed(futures):
+            for future in _interruptible(as_completed(futures)):
                 entry = futures[future]
                 try:
                     done = future.result()
