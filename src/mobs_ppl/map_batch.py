@@ -49,6 +49,7 @@ from .newton import (
     StepControl,
     _step,
     check_start_objective,
+    decrement_of,
 )
 from .sites import split_sites
 
@@ -178,12 +179,6 @@ def _batched_objective(problems, z, wanted, vectorize):
 def _split_keys(keys):
     pairs = jax.vmap(jax.random.split)(jnp.asarray(keys))
     return np.asarray(pairs[:, 0]), np.asarray(pairs[:, 1])
-
-
-def _decrement_of(decrement2: float) -> float:
-    """As :func:`mobs_ppl.newton._decrement`: ``inf`` where the solve found no mode."""
-    decrement2 = float(decrement2)
-    return math.sqrt(decrement2) if np.isfinite(decrement2) and decrement2 > 0 else math.inf
 
 
 def _search_and_update(problems, z, finishing, controls, losses, vectorize) -> None:
@@ -389,7 +384,7 @@ def fit_map_batch(
                 else:
                     finishing.append((i, float(f[i]), d[i]))
             elif state[i] == _CONFIRM:
-                decrement[i] = _decrement_of(decrement2[i])
+                decrement[i] = decrement_of(decrement2[i])
                 if decrement[i] < tol:
                     converged[i] = True
                     state[i] = _DONE
@@ -399,7 +394,7 @@ def fit_map_batch(
                     state[i] = _STEP
                 pending[i] = None
             else:  # _FINAL
-                decrement[i] = _decrement_of(decrement2[i])
+                decrement[i] = decrement_of(decrement2[i])
                 converged[i] = decrement[i] < tol
                 state[i] = _DONE
         _search_and_update(stacked, z, finishing, controls, losses, vectorize)

@@ -896,12 +896,16 @@ def levenberg_marquardt(
     )
 
 
-def _decrement(step, z, key) -> float:
-    """Newton decrement at ``z`` from an undamped, tight solve (``inf``: no mode)."""
-    decrement2 = step(z, key, 0.0, _DECREMENT_RTOL, _DECREMENT_CG_STEPS)[4]
+def decrement_of(decrement2) -> float:
+    """The Newton decrement from a tight undamped solve's squared one (``inf``: no mode)."""
     decrement2 = float(decrement2)
     # a solve that meets non-positive curvature at once means the point is no mode
     return math.sqrt(decrement2) if np.isfinite(decrement2) and decrement2 > 0 else math.inf
+
+
+def _decrement(step, z, key) -> float:
+    """Newton decrement at ``z`` from an undamped, tight solve (``inf``: no mode)."""
+    return decrement_of(step(z, key, 0.0, _DECREMENT_RTOL, _DECREMENT_CG_STEPS)[4])
 
 
 def newton_decrement(problem: PosteriorProblem, z, seed: int = 0) -> float:
